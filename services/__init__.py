@@ -1,0 +1,1 @@
+"""imagegen: the service around the pure ``statemachine`` package (I/O lives here)."""

@@ -1,0 +1,101 @@
+"""Typed settings, read once from the environment (CONTRACT.md §5 plus operational knobs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.errors import ConfigError
+
+_NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+
+
+class Settings(BaseSettings):
+    """Every setting the service reads. Build it once in ``main()`` and pass it along."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEGEN_", extra="ignore", frozen=True, populate_by_name=True
+    )
+
+    database_url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/imagegen"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    namespace: str = Field(default="imagegen", pattern=_NAMESPACE_PATTERN)
+    max_concurrent: int = Field(default=3, ge=1, le=1000)
+    """Provider calls in flight across every worker process together."""
+    max_retries: int = Field(default=3, ge=0, le=20)
+    admin_token: SecretStr | None = None
+    http_port: int = Field(default=8000, ge=1, le=65535)
+
+    dashscope_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DASHSCOPE_API_KEY")
+    )
+    dashscope_base_url: str = Field(
+        default="https://dashscope.aliyuncs.com/api/v1",
+        validation_alias=AliasChoices("DASHSCOPE_BASE_URL"),
+    )
+    dashscope_model: str = Field(
+        default="wanx2.1-t2i-turbo", validation_alias=AliasChoices("DASHSCOPE_MODEL")
+    )
+
+    # Operational knobs beyond the contract.
+    image_size: str = Field(default="1024*1024", pattern=r"^\d{2,5}\*\d{2,5}$")
+    retry_ttl_scale: float = Field(default=1.0, gt=0, le=1.0)
+    """Shrinks every retry-tier TTL (tests and benchmarks only; production keeps 1.0)."""
+    provider_connect_timeout_s: float = Field(default=5.0, gt=0)
+    provider_read_timeout_s: float = Field(default=30.0, gt=0)
+    provider_poll_timeout_s: float = Field(default=600.0, gt=0)
+    """Longest wait for one provider task to finish before it counts as a transient failure."""
+    poll_schedule_scale: float = Field(default=1.0, gt=0, le=1.0)
+    worker_prefetch: int = Field(default=0, ge=0, le=1000)
+    """Unacked image messages per worker process; 0 means twice max_concurrent."""
+    reconcile_interval_s: float = Field(default=60.0, gt=0)
+    reconcile_stale_after_s: float = Field(default=600.0, gt=0)
+    """An unfinished image untouched this long, with no worker on it, is dispatched again."""
+    outbox_poll_interval_s: float = Field(default=1.0, gt=0)
+    shutdown_grace_s: float = Field(default=30.0, gt=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["console", "json"] = "console"
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_only(cls, value: str) -> str:
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must start with postgresql+asyncpg://")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_scheme(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must start with amqp:// or amqps://")
+        return value
+
+    @property
+    def uses_simulator(self) -> bool:
+        return self.dashscope_api_key is None
+
+    @property
+    def prefetch(self) -> int:
+        return self.worker_prefetch or 2 * self.max_concurrent
+
+
+def _variable_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    alias = info.validation_alias if info else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return f"IMAGEGEN_{field.upper()}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings; a bad value raises ``ConfigError`` naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "?"
+            problems.append(f"{_variable_name(field)}={error.get('input')!r}: {error['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None

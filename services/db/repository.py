@@ -1,0 +1,340 @@
+"""Every SQL statement of the service. State changes are compare-and-set updates whose
+target the state machine decides; losing a race is a result (``None``), not an error."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, fields
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import RowMapping, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.db.errors import translated
+from services.db.models import outbox, task_images, tasks
+from statemachine import ACTIVE_STATUSES, TaskModel, TaskStatus, Trigger, apply_trigger
+
+
+def _row(cls: type[Any], mapping: Mapping[str, Any] | RowMapping) -> Any:
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in mapping.items() if k in names})
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: str
+    user_id: str
+    prompt: str
+    status: TaskStatus
+    version: int
+    image_count: int
+    images_ready: int
+    meta: dict[str, Any] | None
+    correlation_id: str | None
+    error_code: str | None
+    error_message: str | None
+    created_at: datetime
+    updated_at: datetime
+    image_generation_started_at: datetime | None
+    image_generation_completed_at: datetime | None
+    failed_at: datetime | None
+    cancelled_at: datetime | None
+
+    @classmethod
+    def of(cls, mapping: Mapping[str, Any] | RowMapping) -> TaskRow:
+        data = dict(mapping)
+        data["meta"] = data.pop("metadata", data.get("meta"))
+        data["status"] = TaskStatus(data["status"])
+        row: TaskRow = _row(cls, data)
+        return row
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE_STATUSES
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    id: int
+    task_id: str
+    index: int
+    url: str | None
+    stored_at: datetime | None
+    provider_task_id: str | None
+    attempts: int
+    dispatch: int
+    submits: int
+    last_error: str | None
+
+    @classmethod
+    def of(cls, mapping: Mapping[str, Any] | RowMapping) -> ImageRow:
+        row: ImageRow = _row(cls, mapping)
+        return row
+
+    @property
+    def stored(self) -> bool:
+        return self.url is not None
+
+
+@dataclass(frozen=True)
+class NewTask:
+    id: str
+    user_id: str
+    prompt: str
+    image_count: int = 4
+    meta: dict[str, Any] | None = None
+    correlation_id: str | None = None
+
+    def same_request(self, row: TaskRow) -> bool:
+        """Whether a repeated creation asks for exactly what the stored task holds."""
+        return (self.user_id, self.prompt, self.image_count, self.meta or None) == (
+            row.user_id,
+            row.prompt,
+            row.image_count,
+            row.meta or None,
+        )
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A message for the outbox: where it goes and what it says."""
+
+    exchange: str
+    routing_key: str
+    body: dict[str, Any]
+    message_id: str
+    headers: dict[str, Any] = field(default_factory=dict)
+    correlation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class OutboxRow(Outgoing):
+    id: int = 0
+
+
+class Tx:
+    """One transaction; obtained from ``Repository.transaction()``."""
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self.conn = conn
+
+    async def insert_task(self, new: NewTask) -> TaskRow | None:
+        """Insert a PENDING task and its image slots; None when the id is taken."""
+        stmt = (
+            pg_insert(tasks)
+            .values(
+                id=new.id,
+                user_id=new.user_id,
+                prompt=new.prompt,
+                status=TaskStatus.PENDING.value,
+                version=1,
+                image_count=new.image_count,
+                metadata=new.meta,
+                correlation_id=new.correlation_id,
+            )
+            .on_conflict_do_nothing(index_elements=["id"])
+            .returning(tasks)
+        )
+        row = (await self.conn.execute(stmt)).mappings().first()
+        if row is None:
+            return None
+        await self.conn.execute(
+            insert(task_images),
+            [{"task_id": new.id, "index": i} for i in range(new.image_count)],
+        )
+        return TaskRow.of(row)
+
+    async def get_task(self, task_id: str) -> TaskRow | None:
+        row = (await self.conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings()
+        first = row.first()
+        return TaskRow.of(first) if first else None
+
+    async def get_images(self, task_id: str) -> list[ImageRow]:
+        stmt = select(task_images).where(task_images.c.task_id == task_id)
+        rows = (await self.conn.execute(stmt.order_by(task_images.c.index))).mappings()
+        return [ImageRow.of(r) for r in rows]
+
+    async def get_image(self, task_id: str, index: int) -> ImageRow | None:
+        stmt = select(task_images).where(
+            task_images.c.task_id == task_id, task_images.c.index == index
+        )
+        row = (await self.conn.execute(stmt)).mappings().first()
+        return ImageRow.of(row) if row else None
+
+    async def transition(
+        self, task: TaskRow, trigger: Trigger, *, stored_now: int = 0, **values: Any
+    ) -> TaskRow | None:
+        """Fire ``trigger`` on ``task`` and write the result if nobody changed it meanwhile.
+
+        Returns the updated row, or None when another writer got there first (the caller
+        re-reads and decides again). ``IllegalTransition`` propagates.
+        """
+        images_ready = task.images_ready + stored_now
+        model = TaskModel(task.status, images_ready=images_ready, image_count=task.image_count)
+        target = apply_trigger(model, trigger)
+        stmt = (
+            update(tasks)
+            .where(
+                tasks.c.id == task.id,
+                tasks.c.status == task.status.value,
+                tasks.c.version == task.version,
+            )
+            .values(
+                status=target.value,
+                version=tasks.c.version + 1,
+                images_ready=images_ready,
+                updated_at=func.now(),
+                **values,
+            )
+            .returning(tasks)
+        )
+        row = (await self.conn.execute(stmt)).mappings().first()
+        return TaskRow.of(row) if row else None
+
+    async def store_image(self, image: ImageRow, url: str) -> bool:
+        stmt = (
+            update(task_images)
+            .where(task_images.c.id == image.id, task_images.c.url.is_(None))
+            .values(url=url, stored_at=func.now(), updated_at=func.now(), last_error=None)
+        )
+        return (await self.conn.execute(stmt)).rowcount == 1
+
+    async def set_provider_task(self, image: ImageRow, provider_task_id: str | None) -> None:
+        """Remember (or forget) the provider task of an image; a submit also counts here."""
+        values: dict[str, Any] = {"provider_task_id": provider_task_id, "updated_at": func.now()}
+        if provider_task_id is not None:
+            values["submits"] = task_images.c.submits + 1
+        await self.conn.execute(
+            update(task_images).where(task_images.c.id == image.id).values(**values)
+        )
+
+    async def redispatch(self, image: ImageRow, *, failed: bool, error: str | None) -> ImageRow:
+        """Make a new image message the live one; ``failed`` counts a failed attempt."""
+        values: dict[str, Any] = {
+            "dispatch": task_images.c.dispatch + 1,
+            "provider_task_id": None,
+            "updated_at": func.now(),
+        }
+        if failed:
+            values["attempts"] = task_images.c.attempts + 1
+            values["last_error"] = error
+        stmt = (
+            update(task_images)
+            .where(task_images.c.id == image.id)
+            .values(**values)
+            .returning(task_images)
+        )
+        return ImageRow.of((await self.conn.execute(stmt)).mappings().one())
+
+    async def add_outbox(self, messages: Sequence[Outgoing]) -> None:
+        if not messages:
+            return
+        await self.conn.execute(
+            insert(outbox),
+            [
+                {
+                    "exchange": m.exchange,
+                    "routing_key": m.routing_key,
+                    "body": m.body,
+                    "headers": m.headers or None,
+                    "message_id": m.message_id,
+                    "correlation_id": m.correlation_id,
+                }
+                for m in messages
+            ],
+        )
+
+    async def claim_outbox(self, limit: int) -> list[OutboxRow]:
+        """Lock up to ``limit`` unsent rows that no other relay holds, oldest first."""
+        stmt = select(outbox).order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True)
+        rows = (await self.conn.execute(stmt)).mappings()
+        return [
+            OutboxRow(
+                id=r["id"],
+                exchange=r["exchange"],
+                routing_key=r["routing_key"],
+                body=r["body"],
+                message_id=r["message_id"],
+                headers=r["headers"] or {},
+                correlation_id=r["correlation_id"],
+            )
+            for r in rows
+        ]
+
+    async def delete_outbox(self, ids: Sequence[int]) -> None:
+        await self.conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+
+    async def try_image_xact_lock(self, lock_class: int, image_id: int) -> bool:
+        """Whether no worker holds this image right now (held until the transaction ends)."""
+        stmt = text("SELECT pg_try_advisory_xact_lock(:c, :o)")
+        return bool((await self.conn.execute(stmt, {"c": lock_class, "o": image_id})).scalar())
+
+
+@dataclass(frozen=True)
+class QueueCounts:
+    by_status: dict[str, int]
+    outbox_rows: int
+    outbox_oldest_s: float
+
+
+class Repository:
+    """The database, as the rest of the service sees it."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        async with translated(), self.engine.begin() as conn:
+            yield Tx(conn)
+
+    async def get_task(self, task_id: str) -> tuple[TaskRow, list[ImageRow]] | None:
+        async with self.transaction() as tx:
+            task = await tx.get_task(task_id)
+            if task is None:
+                return None
+            return task, await tx.get_images(task_id)
+
+    async def ping(self) -> None:
+        async with self.transaction() as tx:
+            await tx.conn.execute(text("SELECT 1"))
+
+    async def counts(self) -> QueueCounts:
+        async with self.transaction() as tx:
+            status_rows = await tx.conn.execute(
+                select(tasks.c.status, func.count()).group_by(tasks.c.status)
+            )
+            by_status = {s.value: 0 for s in TaskStatus}
+            by_status.update({str(s): int(n) for s, n in status_rows.all()})
+            lag = (
+                await tx.conn.execute(
+                    select(
+                        func.count(),
+                        func.coalesce(
+                            func.extract("epoch", func.now() - func.min(outbox.c.created_at)), 0
+                        ),
+                    )
+                )
+            ).one()
+        return QueueCounts(by_status, int(lag[0]), float(lag[1]))
+
+    async def stale_images(self, older_than_s: float, limit: int = 500) -> list[ImageRow]:
+        """Unstored images of active tasks that nothing has touched for ``older_than_s``."""
+        stmt = (
+            select(task_images)
+            .join(tasks, tasks.c.id == task_images.c.task_id)
+            .where(
+                tasks.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+                task_images.c.url.is_(None),
+                task_images.c.updated_at
+                < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
+            )
+            .order_by(task_images.c.updated_at)
+            .limit(limit)
+        )
+        async with self.transaction() as tx:
+            rows = (await tx.conn.execute(stmt)).mappings()
+            return [ImageRow.of(r) for r in rows]
