@@ -1,0 +1,1 @@
+"""The image provider: a DashScope client, and a DashScope-compatible simulator."""

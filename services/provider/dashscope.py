@@ -1,0 +1,292 @@
+"""An async client for DashScope text-to-image (the legacy async protocol).
+
+Submit and poll are separate calls on purpose: the pipeline stores the provider task id
+between them, so a retry after a crash or an ambiguous failure polls the task it already
+paid for instead of submitting (and paying) again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+from pydantic import SecretStr
+
+from services.provider.errors import (
+    ProviderConnectError,
+    ProviderHTTPError,
+    ProviderPollTimeout,
+    ProviderTimeout,
+    ProviderTransportError,
+)
+
+SUBMIT_PATH = "/services/aigc/text2image/image-synthesis"
+#: The official SDK's poll rhythm: 1, 1, 2, 2, 2, 4, 4, 4, then 5 s for ever.
+POLL_SCHEDULE_S = (1, 1, 2, 2, 2, 4, 4, 4)
+POLL_STEADY_S = 5
+
+
+class ProviderTaskStatus(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    UNKNOWN = "UNKNOWN"
+
+    @property
+    def terminal(self) -> bool:
+        return self not in (ProviderTaskStatus.PENDING, ProviderTaskStatus.RUNNING)
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    task_id: str
+    status: ProviderTaskStatus
+    request_id: str | None
+
+
+@dataclass(frozen=True)
+class ResultEntry:
+    """One requested image: a URL, or the code and message of its failure."""
+
+    url: str | None
+    code: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    task_id: str
+    status: ProviderTaskStatus
+    results: tuple[ResultEntry, ...] = ()
+    code: str | None = None
+    message: str | None = None
+    billed_images: int | None = None
+    request_id: str | None = None
+
+    @property
+    def urls(self) -> list[str]:
+        return [r.url for r in self.results if r.url]
+
+
+def poll_delays(scale: float = 1.0) -> Iterator[float]:
+    for delay in itertools.chain(POLL_SCHEDULE_S, itertools.repeat(POLL_STEADY_S)):
+        yield delay * scale
+
+
+def _json(response: httpx.Response) -> dict[str, Any] | None:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _http_error(response: httpx.Response) -> ProviderHTTPError:
+    body = _json(response) or {}
+    message = _str(body.get("message")) or _str(body.get("msg"))
+    if message is None:
+        message = response.reason_phrase or "no message"
+        if body == {} and response.content:
+            message = f"{message} (non-JSON body)"
+    return ProviderHTTPError(
+        response.status_code, _str(body.get("code")), message, _str(body.get("request_id"))
+    )
+
+
+def parse_task(body: dict[str, Any]) -> TaskResult:
+    """Read a query answer; every field but ``task_id`` and ``task_status`` is optional."""
+    output = body.get("output")
+    if not isinstance(output, dict) or not _str(output.get("task_id")):
+        raise ProviderTransportError("answer without output.task_id", ambiguous=False)
+    try:
+        status = ProviderTaskStatus(str(output.get("task_status")))
+    except ValueError:
+        raise ProviderTransportError(
+            f"unknown task_status {output.get('task_status')!r}", ambiguous=False
+        ) from None
+    entries = []
+    for item in output.get("results") or []:
+        if not isinstance(item, dict):
+            continue
+        entries.append(
+            ResultEntry(_str(item.get("url")), _str(item.get("code")), _str(item.get("message")))
+        )
+    usage = body.get("usage")
+    billed = usage.get("image_count") if isinstance(usage, dict) else None
+    return TaskResult(
+        task_id=str(output["task_id"]),
+        status=status,
+        results=tuple(entries),
+        code=_str(output.get("code")),
+        message=_str(output.get("message")),
+        billed_images=billed if isinstance(billed, int) else None,
+        request_id=_str(body.get("request_id")),
+    )
+
+
+class DashScopeClient:
+    """DashScope text-to-image over one pooled HTTP client. The key never leaves the headers."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: SecretStr,
+        model: str,
+        *,
+        size: str = "1024*1024",
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 30.0,
+        poll_timeout_s: float = 600.0,
+        poll_schedule_scale: float = 1.0,
+        max_connections: int = 100,
+    ) -> None:
+        self.model = model
+        self.size = size
+        self.poll_timeout_s = poll_timeout_s
+        self.poll_schedule_scale = poll_schedule_scale
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+        # Result URLs point at object storage: a client without the key, so it never leaks.
+        self._downloads = httpx.AsyncClient(
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        )
+
+    def __repr__(self) -> str:
+        return f"DashScopeClient(base_url={str(self._http.base_url)!r}, model={self.model!r})"
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self._downloads.aclose()
+
+    async def _send(
+        self, method: str, url: str, *, may_have_effect: bool, **kw: Any
+    ) -> httpx.Response:
+        try:
+            return await self._http.request(method, url, **kw)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise ProviderConnectError(f"{exc.__class__.__name__}: {exc}") from None
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(
+                f"{exc.__class__.__name__} after the request was sent", ambiguous=may_have_effect
+            ) from None
+        except httpx.TransportError as exc:
+            raise ProviderTransportError(
+                f"{exc.__class__.__name__}: {exc}", ambiguous=may_have_effect
+            ) from None
+
+    async def submit(
+        self,
+        prompt: str,
+        *,
+        n: int = 1,
+        negative_prompt: str | None = None,
+        seed: int | None = None,
+    ) -> SubmitResult:
+        """Create a provider task for ``n`` images. Billed: never call it twice for one image."""
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "input": {"prompt": prompt},
+            # n defaults to 4 at DashScope and billing is per image, so it is always sent.
+            "parameters": {"size": self.size, "n": n},
+        }
+        if negative_prompt:
+            payload["input"]["negative_prompt"] = negative_prompt
+        if seed is not None:
+            payload["parameters"]["seed"] = seed
+        response = await self._send(
+            "POST",
+            SUBMIT_PATH,
+            may_have_effect=True,
+            json=payload,
+            headers={"X-DashScope-Async": "enable"},
+        )
+        if response.status_code != 200:
+            raise _http_error(response)
+        body = _json(response)
+        output = body.get("output") if body else None
+        if not isinstance(output, dict) or not _str(output.get("task_id")):
+            # 200 means a task exists somewhere, but without its id it cannot be polled.
+            raise ProviderTransportError("submit answer without output.task_id", ambiguous=True)
+        status = output.get("task_status")
+        return SubmitResult(
+            task_id=str(output["task_id"]),
+            status=ProviderTaskStatus(str(status))
+            if status in ProviderTaskStatus.__members__
+            else ProviderTaskStatus.PENDING,
+            request_id=_str(body.get("request_id")) if body else None,
+        )
+
+    async def query(self, task_id: str) -> TaskResult:
+        response = await self._send("GET", f"/tasks/{task_id}", may_have_effect=False)
+        if response.status_code != 200:
+            raise _http_error(response)
+        body = _json(response)
+        if body is None:
+            raise ProviderTransportError("query answer is not a JSON object", ambiguous=False)
+        return parse_task(body)
+
+    async def wait(
+        self,
+        task_id: str,
+        *,
+        on_poll: Callable[[TaskResult | None], Awaitable[None]] | None = None,
+        timeout_s: float | None = None,
+    ) -> TaskResult:
+        """Poll until the task ends. Server errors and throttling while polling are waited
+        out, as the official SDK does; ``on_poll`` may raise to stop early."""
+        deadline = time.monotonic() + (timeout_s or self.poll_timeout_s)
+        for delay in poll_delays(self.poll_schedule_scale):
+            result: TaskResult | None = None
+            try:
+                result = await self.query(task_id)
+            except ProviderHTTPError as exc:
+                if exc.status != 429 and exc.status < 500:
+                    raise
+            except ProviderTransportError:
+                pass
+            if result is not None and result.status.terminal:
+                return result
+            if on_poll is not None:
+                await on_poll(result)
+            if time.monotonic() + delay > deadline:
+                raise ProviderPollTimeout(
+                    f"provider task {task_id} still unfinished after "
+                    f"{timeout_s or self.poll_timeout_s:.0f} s"
+                )
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: the poll schedule is endless")
+
+    async def cancel(self, task_id: str) -> bool:
+        """Cancel a provider task still PENDING; False when it can no longer be cancelled."""
+        response = await self._send("POST", f"/tasks/{task_id}/cancel", may_have_effect=True)
+        if response.status_code == 200:
+            return True
+        error = _http_error(response)
+        if error.code == "UnsupportedOperation":
+            return False
+        raise error
+
+    async def download(self, url: str) -> bytes:
+        """Fetch a result image (result URLs are pre-signed and expire after 24 hours)."""
+        response = await self._send(
+            "GET", url, may_have_effect=False, headers={"Authorization": ""}
+        )
+        if response.status_code != 200:
+            raise _http_error(response)
+        return response.content

@@ -1,0 +1,45 @@
+"""Defensive parsing of DashScope answers: fields may be missing or spelled otherwise."""
+
+from __future__ import annotations
+
+import httpx
+
+from services.provider.dashscope import ProviderTaskStatus, _http_error, parse_task
+
+
+def test_an_error_body_with_msg_instead_of_message_is_read() -> None:
+    error = _http_error(httpx.Response(400, json={"code": "InvalidParameter", "msg": "bad n"}))
+    assert (error.status, error.code, error.message, error.request_id) == (
+        400,
+        "InvalidParameter",
+        "bad n",
+        None,
+    )
+
+
+def test_an_error_without_a_json_body_keeps_the_status() -> None:
+    error = _http_error(httpx.Response(502, text="<html>Bad Gateway</html>"))
+    assert error.status == 502 and error.code is None and "non-JSON" in error.message
+
+
+def test_a_query_answer_with_only_id_and_status_is_enough() -> None:
+    result = parse_task({"output": {"task_id": "t1", "task_status": "RUNNING"}})
+    assert result.status is ProviderTaskStatus.RUNNING and result.results == ()
+
+
+def test_partial_results_keep_failed_entries_apart_from_urls() -> None:
+    result = parse_task(
+        {
+            "output": {
+                "task_id": "t1",
+                "task_status": "SUCCEEDED",
+                "results": [
+                    {"url": "https://x/1.png"},
+                    {"code": "DataInspectionFailed", "message": "m"},
+                ],
+            },
+            "usage": {"image_count": 1},
+        }
+    )
+    assert result.urls == ["https://x/1.png"] and result.billed_images == 1
+    assert result.results[1].code == "DataInspectionFailed"
