@@ -19,6 +19,10 @@ class DatabaseUnavailable(RepositoryError):
     """PostgreSQL cannot be reached right now; the operation may succeed later."""
 
 
+class LostRace(RepositoryError):
+    """Another writer changed the task first; read again and decide again."""
+
+
 _UNAVAILABLE = (
     OSError,
     TimeoutError,

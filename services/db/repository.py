@@ -3,19 +3,21 @@ target the state machine decides; losing a race is a result (``None``), not an e
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import RowMapping, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.db.errors import translated
+from services.db.errors import LostRace, translated
 from services.db.models import outbox, task_images, tasks
 from statemachine import ACTIVE_STATUSES, TaskModel, TaskStatus, Trigger, apply_trigger
+
+T = TypeVar("T")
 
 
 def _row(cls: type[Any], mapping: Mapping[str, Any] | RowMapping) -> Any:
@@ -115,6 +117,15 @@ class OutboxRow(Outgoing):
     id: int = 0
 
 
+# The timestamp column each status sets when a task enters it.
+_ENTERED_AT = {
+    TaskStatus.GENERATING_IMAGES: "image_generation_started_at",
+    TaskStatus.IMAGES_READY: "image_generation_completed_at",
+    TaskStatus.FAILED: "failed_at",
+    TaskStatus.CANCELLED: "cancelled_at",
+}
+
+
 class Tx:
     """One transaction; obtained from ``Repository.transaction()``."""
 
@@ -175,6 +186,8 @@ class Tx:
         images_ready = task.images_ready + stored_now
         model = TaskModel(task.status, images_ready=images_ready, image_count=task.image_count)
         target = apply_trigger(model, trigger)
+        if target is not task.status and target in _ENTERED_AT:
+            values.setdefault(_ENTERED_AT[target], func.now())
         stmt = (
             update(tasks)
             .where(
@@ -189,6 +202,21 @@ class Tx:
                 updated_at=func.now(),
                 **values,
             )
+            .returning(tasks)
+        )
+        row = (await self.conn.execute(stmt)).mappings().first()
+        return TaskRow.of(row) if row else None
+
+    async def touch(self, task: TaskRow) -> TaskRow | None:
+        """Raise the version (an event without a status change), if nobody changed the task."""
+        stmt = (
+            update(tasks)
+            .where(
+                tasks.c.id == task.id,
+                tasks.c.status == task.status.value,
+                tasks.c.version == task.version,
+            )
+            .values(version=tasks.c.version + 1, updated_at=func.now())
             .returning(tasks)
         )
         row = (await self.conn.execute(stmt)).mappings().first()
@@ -211,13 +239,21 @@ class Tx:
             update(task_images).where(task_images.c.id == image.id).values(**values)
         )
 
-    async def redispatch(self, image: ImageRow, *, failed: bool, error: str | None) -> ImageRow:
-        """Make a new image message the live one; ``failed`` counts a failed attempt."""
-        values: dict[str, Any] = {
-            "dispatch": task_images.c.dispatch + 1,
-            "provider_task_id": None,
-            "updated_at": func.now(),
-        }
+    async def redispatch(
+        self,
+        image: ImageRow,
+        *,
+        failed: bool,
+        error: str | None = None,
+        keep_provider_task: bool = False,
+    ) -> ImageRow:
+        """Make a new image message the live one; ``failed`` counts a failed attempt.
+
+        The provider task is forgotten unless ``keep_provider_task``: it ended without an
+        image, so the next attempt submits afresh (an unfinished one is kept and polled)."""
+        values: dict[str, Any] = {"dispatch": task_images.c.dispatch + 1, "updated_at": func.now()}
+        if not keep_provider_task:
+            values["provider_task_id"] = None
         if failed:
             values["attempts"] = task_images.c.attempts + 1
             values["last_error"] = error
@@ -290,6 +326,18 @@ class Repository:
     async def transaction(self) -> AsyncIterator[Tx]:
         async with translated(), self.engine.begin() as conn:
             yield Tx(conn)
+
+    async def atomic(self, work: Callable[[Tx], Awaitable[T]], tries: int = 50) -> T:
+        """Run ``work`` in a transaction, again in a fresh one each time it raises
+        ``LostRace`` (someone changed the task between our read and our write)."""
+        for _ in range(tries - 1):
+            try:
+                async with self.transaction() as tx:
+                    return await work(tx)
+            except LostRace:
+                continue
+        async with self.transaction() as tx:
+            return await work(tx)
 
     async def get_task(self, task_id: str) -> tuple[TaskRow, list[ImageRow]] | None:
         async with self.transaction() as tx:

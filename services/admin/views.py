@@ -1,0 +1,45 @@
+"""JSON shapes of the original front end: ``{success, data}``, camelCase task fields."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from services.db.repository import ImageRow, TaskRow
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def task_view(task: TaskRow, images: list[ImageRow]) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "userId": task.user_id,
+        "prompt": task.prompt,
+        "status": task.status.value,
+        "createdAt": _iso(task.created_at),
+        "imageGenerationStartedAt": _iso(task.image_generation_started_at),
+        "imageGenerationCompletedAt": _iso(task.image_generation_completed_at),
+        "failedAt": _iso(task.failed_at),
+        "errorMessage": task.error_message,
+        "images": [
+            {"id": str(i.id), "url": i.url, "index": i.index}
+            for i in sorted(images, key=lambda i: i.index)
+            if i.url
+        ],
+        "imageCount": task.image_count,
+        "imagesReady": task.images_ready,
+        "version": task.version,
+        "metadata": task.meta,
+    }
+
+
+def ok(data: Any, **extra: Any) -> dict[str, Any]:
+    return {"success": True, "data": data, **extra}
+
+
+def fail(error: str) -> dict[str, Any]:
+    return {"success": False, "error": error}

@@ -1,0 +1,1 @@
+"""RabbitMQ: the topology, a confirming publisher, and the one consumer wrapper."""

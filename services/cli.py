@@ -1,0 +1,282 @@
+"""The ``imagegen`` command: run the service or one role, migrate, simulate, submit, inspect."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from services.config import Settings, load_settings
+from services.errors import ImagegenError
+from services.logs import get_logger, setup_logging
+
+app = typer.Typer(help="imagegen: reliable text-to-image tasks over RabbitMQ and PostgreSQL.")
+console = Console()
+log = get_logger("imagegen.cli")
+
+
+def _settings() -> Settings:
+    settings = load_settings()
+    setup_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+def _run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return asyncio.run(coro)
+    except ImagegenError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    except (OSError, ConnectionError) as exc:
+        console.print(f"[red]error:[/red] cannot connect: {exc}")
+        raise typer.Exit(1) from None
+
+
+async def _migrate(settings: Settings) -> None:
+    from services.db.engine import ensure_database
+    from services.db.migrate import upgrade
+
+    if await ensure_database(settings.database_url):
+        log.info("database created", action="migrate")
+    await upgrade(settings.database_url)
+    log.info("migrations applied", action="migrate")
+
+
+async def _serve(settings: Settings, roles: list[str], migrate: bool, demo: bool) -> None:
+    from services.runtime import Role, run
+
+    if migrate:
+        await _migrate(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready = asyncio.Event()
+    service = asyncio.create_task(
+        run(settings, [Role(r) for r in roles], stop, lambda _: ready.set())
+    )
+    if demo:
+        await asyncio.wait(
+            [service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready.is_set():
+            await _submit(settings, "a cute cat wearing a tiny wizard hat", "demo", 4, True, 120)
+            console.print("[green]The service keeps running; press Ctrl+C to stop.[/green]")
+    await service
+
+
+@app.command("run")
+def run_all(
+    migrate: Annotated[
+        bool, typer.Option(help="Create the database and apply migrations first.")
+    ] = True,
+    demo: Annotated[
+        bool, typer.Option(help="Submit a sample task once started and show it finish.")
+    ] = False,
+) -> None:
+    """Run every role in one process: intake, worker, relay and the admin probe."""
+    settings = _settings()
+    _run(_serve(settings, ["intake", "worker", "relay", "admin"], migrate, demo))
+
+
+def _role_command(role: str, doc: str) -> None:
+    def command() -> None:
+        _run(_serve(_settings(), [role], False, False))
+
+    command.__doc__ = doc
+    app.command(role)(command)
+
+
+_role_command("worker", "Run image workers only (scale these out).")
+_role_command("intake", "Run the task.created / task.cancel consumer only.")
+_role_command("relay", "Run the outbox relay and the reconciler only.")
+_role_command("admin", "Run the admin HTTP probe only.")
+
+
+@app.command()
+def migrate() -> None:
+    """Create the database if missing and apply every migration."""
+    _run(_migrate(_settings()))
+
+
+@app.command()
+def simulator(
+    host: str = "127.0.0.1",
+    port: int = 8089,
+    api_key: Annotated[str, typer.Option(help="The key clients must send.")] = "sim-key",
+    rate: Annotated[float | None, typer.Option(help="Submissions per second (429 above).")] = None,
+    running_limit: Annotated[
+        int | None, typer.Option(help="Provider tasks running at once.")
+    ] = None,
+    latency: Annotated[float, typer.Option(help="Seconds per image.")] = 0.5,
+    p_429: float = 0.0,
+    p_500: float = 0.0,
+    p_503: float = 0.0,
+    p_504: float = 0.0,
+    p_hang: float = 0.0,
+    p_task_failed: float = 0.0,
+    seed: int | None = None,
+) -> None:
+    """Serve the DashScope simulator (point DASHSCOPE_BASE_URL at http://HOST:PORT/api/v1)."""
+    from services.provider.simulator import SimConfig, serve
+
+    setup_logging()
+    config = SimConfig(
+        api_key=api_key,
+        rate_per_s=rate,
+        running_limit=running_limit,
+        latency_s=latency,
+        p_429=p_429,
+        p_500=p_500,
+        p_503=p_503,
+        p_504=p_504,
+        p_hang=p_hang,
+        p_task_failed=p_task_failed,
+        seed=seed,
+    )
+    console.print(f"DashScope simulator on http://{host}:{port}/api/v1 (knobs: /_sim/config)")
+    serve(config, host, port)
+
+
+async def _submit(
+    settings: Settings, prompt: str, user_id: str, image_count: int, wait: bool, idle_s: float
+) -> None:
+    from services.submit import events_of, new_task_id, publish_created, watching
+
+    task_id = new_task_id()
+    body = {"task_id": task_id, "user_id": user_id, "prompt": prompt, "image_count": image_count}
+    async with watching(settings) as (channel, queue):
+        await publish_created(channel, settings, body)
+        console.print(f"submitted task [bold]{task_id}[/bold]")
+        if not wait:
+            return
+        final: dict[str, Any] | None = None
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            console=console,
+        ) as bar:
+            images = bar.add_task("waiting", total=image_count)
+            async for event in events_of(queue, task_id, idle_s):
+                kind = event["event_type"]
+                bar.update(
+                    images,
+                    completed=event.get("images_ready") or 0,
+                    description=event["status"] or kind,
+                )
+                if kind == "task.image.retrying":
+                    retry = event["retry"]
+                    bar.console.print(
+                        f"image {retry['index']}: {retry['reason']}, "
+                        f"retry {retry['attempt']} in {retry['delay_s']} s"
+                    )
+                final = event
+        if final is None:
+            console.print(f"[yellow]no event for {idle_s:.0f} s; stopped waiting[/yellow]")
+            raise typer.Exit(2)
+        console.print(f"final status: [bold]{final['status']}[/bold]")
+        for image in final.get("images") or []:
+            console.print(f"  image {image['index']}: {image['url']}", soft_wrap=True)
+        if final.get("error"):
+            console.print(f"  error: {final['error']['message']}")
+
+
+@app.command()
+def submit(
+    prompt: str,
+    wait: Annotated[bool, typer.Option(help="Show progress until the task ends.")] = False,
+    user_id: str = "cli",
+    image_count: Annotated[int, typer.Option(min=1, max=4)] = 4,
+    timeout: Annotated[
+        float, typer.Option(help="Give up waiting after this many idle seconds.")
+    ] = 300,
+) -> None:
+    """Publish a task.created event, as another service would."""
+    _run(_submit(_settings(), prompt, user_id, image_count, wait, timeout))
+
+
+@app.command()
+def status(task_id: str) -> None:
+    """Show one task and its images."""
+
+    async def show() -> None:
+        from services.admin.views import task_view
+        from services.db.engine import make_engine
+        from services.db.repository import Repository
+
+        engine = make_engine(_settings().database_url, pool_size=1, max_overflow=0)
+        try:
+            found = await Repository(engine).get_task(task_id)
+        finally:
+            await engine.dispose()
+        if found is None:
+            console.print(f"[red]no task {task_id}[/red]")
+            raise typer.Exit(1)
+        view = task_view(*found)
+        table = Table(show_header=False)
+        for key in (
+            "id",
+            "userId",
+            "status",
+            "prompt",
+            "createdAt",
+            "imageGenerationCompletedAt",
+            "errorMessage",
+        ):
+            table.add_row(key, str(view[key]))
+        for image in view["images"]:
+            table.add_row(f"image {image['index']}", image["url"])
+        console.print(table)
+
+    _run(show())
+
+
+@app.command()
+def queue() -> None:
+    """Show the queue status: slots in use, queued, retrying and dead messages."""
+
+    async def show() -> None:
+        from services.admin.broker import BrokerProbe
+        from services.broker.topology import Topology
+        from services.db.engine import make_engine
+        from services.db.locks import ProviderSlots
+
+        settings = _settings()
+        topology = Topology(settings.namespace, settings.retry_ttl_scale)
+        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        probe = BrokerProbe(settings.amqp_url)
+        try:
+            import aio_pika
+
+            probe.connection = await aio_pika.connect_robust(settings.amqp_url)
+            running = await ProviderSlots(
+                engine, settings.namespace, settings.max_concurrent
+            ).running()
+            depths = await probe.depths(topology.all_queues)
+        finally:
+            await engine.dispose()
+            if probe.connection is not None:
+                await probe.connection.close()
+        table = Table("queue", "messages")
+        table.add_row("provider slots in use", f"{running}/{settings.max_concurrent}")
+        for name, n in depths.items():
+            table.add_row(name, str(n))
+        console.print(table)
+
+    _run(show())
+
+
+def main() -> None:
+    try:
+        app()
+    except ImagegenError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        sys.exit(1)

@@ -1,0 +1,1 @@
+"""Inbound task events: validation and the ``task.created`` / ``task.cancel`` handler."""

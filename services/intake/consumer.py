@@ -1,0 +1,81 @@
+"""The intake handler: ``task.created`` and ``task.cancel`` from the tasks exchange."""
+
+from __future__ import annotations
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from services.broker.errors import Drop, Reject
+from services.db.repository import NewTask, Repository
+from services.events import Events
+from services.intake.commands import Conflict, cancel_task, create_task
+from services.intake.schema import (
+    InvalidRequest,
+    TaskCancel,
+    TaskCreated,
+    decode,
+    usable_task_id,
+    validate,
+)
+
+
+class IntakeHandler:
+    def __init__(self, repo: Repository, events: Events) -> None:
+        self.repo = repo
+        self.events = events
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        routing_key = message.routing_key or ""
+        correlation_id = message.correlation_id
+        try:
+            value = decode(message.body)
+        except InvalidRequest as exc:
+            raise Reject(str(exc)) from None
+        task_id = usable_task_id(value)
+        user_id = value.get("user_id") if isinstance(value.get("user_id"), str) else None
+
+        def rejected(reason: str) -> Reject:
+            event = None
+            if task_id is not None:
+                event = self.events.rejected(
+                    "task.rejected",
+                    task_id,
+                    "invalid_request",
+                    reason,
+                    user_id=user_id,
+                    correlation_id=correlation_id,
+                )
+            return Reject(reason, event)
+
+        if routing_key == "task.created":
+            try:
+                created = validate(TaskCreated, value)
+            except InvalidRequest as exc:
+                raise rejected(f"invalid task.created: {exc}") from None
+            new = NewTask(
+                id=created.task_id,
+                user_id=created.user_id,
+                prompt=created.prompt,
+                image_count=created.image_count,
+                meta=created.metadata,
+                correlation_id=correlation_id,
+            )
+            try:
+                result = await create_task(self.repo, self.events, new)
+            except Conflict as exc:
+                raise rejected(f"conflicting task.created: {exc}") from None
+            if result.duplicate:
+                raise Drop(f"duplicate task.created for {new.id}")
+        elif routing_key == "task.cancel":
+            try:
+                cancel = validate(TaskCancel, value)
+            except InvalidRequest as exc:
+                raise rejected(f"invalid task.cancel: {exc}") from None
+            await cancel_task(
+                self.repo,
+                self.events,
+                cancel.task_id,
+                cancel.reason,
+                correlation_id=correlation_id,
+            )
+        else:
+            raise rejected(f"unknown routing key {routing_key!r}")

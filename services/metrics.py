@@ -1,0 +1,41 @@
+"""Prometheus metrics. Objects only: nothing is served or pushed from here."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter(
+    "imagegen_messages_total", "Messages handled, by queue role and outcome", ["role", "outcome"]
+)
+HANDLER_SECONDS = Histogram(
+    "imagegen_handler_seconds",
+    "Time to handle one message, by queue role",
+    ["role"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+IMAGES_STORED = Counter("imagegen_images_stored_total", "Images stored")
+PROVIDER_CALLS = Counter(
+    "imagegen_provider_calls_total",
+    "Provider calls, by call, outcome and code",
+    ["call", "outcome", "code"],
+)
+RETRIES = Counter("imagegen_retries_total", "Image retries scheduled, by tier queue", ["tier"])
+DEAD_LETTERED = Counter(
+    "imagegen_dead_lettered_total", "Messages parked in the dead queue", ["role"]
+)
+TASKS_FINISHED = Counter(
+    "imagegen_tasks_finished_total", "Tasks reaching a final state", ["status"]
+)
+SLOTS_IN_USE = Gauge("imagegen_slots_in_use", "Global provider slots this process holds")
+SLOT_WAIT_SECONDS = Histogram(
+    "imagegen_slot_wait_seconds",
+    "Time waiting for a global provider slot",
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60),
+)
+OUTBOX_PUBLISHED = Counter("imagegen_outbox_published_total", "Outbox rows published")
+OUTBOX_FAILED = Counter(
+    "imagegen_outbox_publish_failures_total", "Outbox rows that failed to publish"
+)
+RECONCILED = Counter(
+    "imagegen_reconciled_images_total", "Images dispatched again by the reconciler"
+)

@@ -1,0 +1,1 @@
+"""The transactional outbox relay: what the database committed, the broker receives."""

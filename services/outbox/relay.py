@@ -1,0 +1,93 @@
+"""Publishes outbox rows with publisher confirms, then deletes them.
+
+Rows are claimed with ``FOR UPDATE SKIP LOCKED`` inside the transaction that deletes them,
+so several relays share the table without publishing a row twice on purpose; a crash
+between the confirm and the commit republishes a row, which consumers dedupe by id.
+New rows wake the relay through LISTEN/NOTIFY; a slow poll covers lost notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from services import metrics
+from services.aio import wait_any
+from services.broker.errors import BrokerError
+from services.broker.publisher import Publisher
+from services.db.errors import RepositoryError
+from services.db.notify import OUTBOX_CHANNEL, listening
+from services.db.repository import Repository
+from services.logs import get_logger
+
+log = get_logger("imagegen.relay")
+BATCH = 200
+FAILURE_PAUSE_S = 1.0
+
+
+class Relay:
+    def __init__(
+        self,
+        repo: Repository,
+        publisher: Publisher,
+        database_url: str,
+        poll_interval_s: float = 1.0,
+        batch: int = BATCH,
+    ) -> None:
+        self.repo = repo
+        self.publisher = publisher
+        self.database_url = database_url
+        self.poll_interval_s = poll_interval_s
+        self.batch = batch
+        self._wake = asyncio.Event()
+
+    async def drain_once(self) -> int:
+        """Publish one batch; returns how many rows were claimed."""
+        async with self.repo.transaction() as tx:
+            rows = await tx.claim_outbox(self.batch)
+            if not rows:
+                return 0
+            results = await asyncio.gather(
+                *(self.publisher.publish(row) for row in rows), return_exceptions=True
+            )
+            sent = [row.id for row, result in zip(rows, results, strict=True) if result is None]
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if sent:
+                await tx.delete_outbox(sent)
+        metrics.OUTBOX_PUBLISHED.inc(len(sent))
+        if failed:
+            metrics.OUTBOX_FAILED.inc(len(failed))
+            unexpected = [f for f in failed if not isinstance(f, BrokerError)]
+            if unexpected:
+                raise unexpected[0]
+            raise failed[0]
+        return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        listener = asyncio.create_task(self._listen(stop))
+        try:
+            while not stop.is_set():
+                self._wake.clear()
+                try:
+                    claimed = await self.drain_once()
+                except (BrokerError, RepositoryError) as exc:
+                    log.warning("outbox publish failed, will retry", action="relay", error=str(exc))
+                    await wait_any(stop, seconds=FAILURE_PAUSE_S)
+                    continue
+                if claimed >= self.batch:
+                    continue
+                await wait_any(stop, self._wake, seconds=self.poll_interval_s)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with listening(self.database_url, OUTBOX_CHANNEL, self._wake.set) as lost:
+                    self._wake.set()  # rows may have arrived while we were not listening
+                    await wait_any(stop, lost, seconds=None)
+            except RepositoryError as exc:
+                log.warning("outbox LISTEN unavailable, polling", action="relay", error=str(exc))
+            await wait_any(stop, seconds=FAILURE_PAUSE_S)

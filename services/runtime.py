@@ -1,0 +1,191 @@
+"""Builds every I/O object once, starts the requested roles, and shuts down gracefully.
+
+Roles: ``intake`` (task events in), ``worker`` (images), ``relay`` (outbox out, plus the
+reconciler) and ``admin`` (HTTP). ``imagegen run`` starts them all in one process; a
+deployment scales out by running roles in separate processes (workers especially).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from pydantic import SecretStr
+
+from services.broker.consumer import Consumer, Handler
+from services.broker.publisher import Publisher
+from services.broker.topology import Topology
+from services.config import Settings
+from services.db.engine import make_engine
+from services.db.locks import ProviderSlots
+from services.db.repository import Repository
+from services.events import Events
+from services.intake.consumer import IntakeHandler
+from services.logs import get_logger
+from services.outbox.relay import Relay
+from services.provider.dashscope import DashScopeClient
+from services.provider.simulator import SimConfig, running_simulator
+from services.worker.reconciler import Reconciler
+from services.worker.worker import ImageWorker
+
+log = get_logger("imagegen.runtime")
+INTAKE_PREFETCH = 32
+BUILT_IN_SIMULATOR = SimConfig(latency_s=0.5)
+
+
+class Role(StrEnum):
+    INTAKE = "intake"
+    WORKER = "worker"
+    RELAY = "relay"
+    ADMIN = "admin"
+
+
+ALL_ROLES = frozenset(Role)
+
+
+@asynccontextmanager
+async def provider_client(settings: Settings) -> AsyncIterator[DashScopeClient]:
+    """The real DashScope client, or, with no API key, one wired to a built-in simulator."""
+    options: dict[str, Any] = {
+        "size": settings.image_size,
+        "connect_timeout_s": settings.provider_connect_timeout_s,
+        "read_timeout_s": settings.provider_read_timeout_s,
+        "poll_timeout_s": settings.provider_poll_timeout_s,
+        "poll_schedule_scale": settings.poll_schedule_scale,
+    }
+    async with AsyncExitStack() as stack:
+        if settings.dashscope_api_key is None:
+            sim = await stack.enter_async_context(running_simulator(BUILT_IN_SIMULATOR))
+            log.warning(
+                "DASHSCOPE_API_KEY is not set: using the built-in provider simulator "
+                f"at {sim.base_url} (no real images are generated or billed)",
+                action="simulator",
+            )
+            client = DashScopeClient(
+                sim.base_url, SecretStr(sim.sim.config.api_key), settings.dashscope_model, **options
+            )
+        else:
+            client = DashScopeClient(
+                settings.dashscope_base_url,
+                settings.dashscope_api_key,
+                settings.dashscope_model,
+                **options,
+            )
+        stack.push_async_callback(client.aclose)
+        yield client
+
+
+@dataclass
+class Wiring:
+    """The I/O objects shared by the roles of one process."""
+
+    settings: Settings
+    repo: Repository
+    topology: Topology
+    events: Events
+    connection: AbstractRobustConnection
+    publisher: Publisher
+    slots: ProviderSlots
+
+
+@asynccontextmanager
+async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
+    engine = make_engine(
+        settings.database_url, pool_size=settings.prefetch + 10, max_overflow=INTAKE_PREFETCH
+    )
+    async with AsyncExitStack() as stack:
+        stack.push_async_callback(engine.dispose)
+        connection = await aio_pika.connect_robust(
+            settings.amqp_url, client_properties={"connection_name": "imagegen"}
+        )
+        stack.push_async_callback(connection.close)
+        topology = Topology(settings.namespace, settings.retry_ttl_scale)
+        setup = await connection.channel()
+        await topology.declare(setup)
+        await setup.close()
+        publisher = Publisher(
+            await connection.channel(publisher_confirms=True, on_return_raises=True)
+        )
+        yield Wiring(
+            settings=settings,
+            repo=Repository(engine),
+            topology=topology,
+            events=Events(topology),
+            connection=connection,
+            publisher=publisher,
+            slots=ProviderSlots(engine, settings.namespace, settings.max_concurrent),
+        )
+
+
+async def run(
+    settings: Settings,
+    roles: Collection[Role] = ALL_ROLES,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[Wiring], None] | None = None,
+) -> None:
+    """Run ``roles`` until ``stop`` is set, then stop consuming, let in-flight messages
+    finish (up to ``shutdown_grace_s``) and hand back the rest to the broker."""
+    stop = stop or asyncio.Event()
+    async with AsyncExitStack() as stack:
+        wired = await stack.enter_async_context(wiring(settings))
+        consumers: list[Consumer] = []
+        loops: list[asyncio.Task[None]] = []
+
+        async def consume(role: Role, queue: str, handler: Handler, prefetch: int) -> None:
+            channel = await wired.connection.channel()
+            consumer = Consumer(
+                role.value,
+                channel,
+                queue,
+                handler,
+                wired.publisher,
+                wired.topology,
+                prefetch,
+            )
+            await consumer.start()
+            consumers.append(consumer)
+
+        if Role.RELAY in roles:
+            relay = Relay(
+                wired.repo,
+                wired.publisher,
+                settings.database_url,
+                poll_interval_s=settings.outbox_poll_interval_s,
+            )
+            reconciler = Reconciler(
+                wired.repo,
+                wired.events,
+                settings.namespace,
+                settings.reconcile_interval_s,
+                settings.reconcile_stale_after_s,
+            )
+            loops += [
+                asyncio.create_task(relay.run(stop)),
+                asyncio.create_task(reconciler.run(stop)),
+            ]
+        if Role.INTAKE in roles:
+            handler = IntakeHandler(wired.repo, wired.events)
+            await consume(Role.INTAKE, wired.topology.intake_queue, handler, INTAKE_PREFETCH)
+        if Role.WORKER in roles:
+            client = await stack.enter_async_context(provider_client(settings))
+            worker = ImageWorker(settings, wired.repo, wired.slots, client, wired.events)
+            await consume(Role.WORKER, wired.topology.images_queue, worker, settings.prefetch)
+        if Role.ADMIN in roles:
+            from services.admin.server import serve_admin
+
+            loops.append(asyncio.create_task(serve_admin(wired, stop)))
+
+        log.info("service started", action="start", roles=sorted(r.value for r in roles))
+        if on_ready is not None:
+            on_ready(wired)
+        await stop.wait()
+        log.info("shutting down", action="stop")
+        await asyncio.gather(*(c.stop(settings.shutdown_grace_s) for c in consumers))
+        await asyncio.gather(*loops, return_exceptions=True)
+    log.info("service stopped", action="stop")

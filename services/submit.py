@@ -1,0 +1,87 @@
+"""Publishing ``task.created`` like any other service would, and watching its events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractQueue, DeliveryMode
+
+from services.broker.topology import Topology
+from services.config import Settings
+
+FINAL_EVENTS = {
+    "task.status.images_ready",
+    "task.status.failed",
+    "task.status.cancelled",
+    "task.rejected",
+}
+
+
+def new_task_id() -> str:
+    return f"cli-{uuid.uuid4().hex[:16]}"
+
+
+@asynccontextmanager
+async def watching(
+    settings: Settings,
+) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, AbstractQueue]]:
+    """A private, self-deleting queue bound to every status event."""
+    topology = Topology(settings.namespace, settings.retry_ttl_scale)
+    connection = await aio_pika.connect_robust(settings.amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        status = await channel.declare_exchange(
+            topology.status_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(status, routing_key="#")
+        yield channel, queue
+    finally:
+        await connection.close()
+
+
+async def publish_created(
+    channel: aio_pika.abc.AbstractChannel,
+    settings: Settings,
+    body: dict[str, Any],
+    correlation_id: str | None = None,
+) -> None:
+    topology = Topology(settings.namespace, settings.retry_ttl_scale)
+    exchange = await channel.declare_exchange(
+        topology.tasks_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    await exchange.publish(
+        aio_pika.Message(
+            json.dumps(body).encode(),
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            correlation_id=correlation_id,
+        ),
+        routing_key="task.created",
+        mandatory=True,
+    )
+
+
+async def events_of(
+    queue: AbstractQueue, task_id: str, timeout_s: float
+) -> AsyncIterator[dict[str, Any]]:
+    """Events of one task until a final one (or ``timeout_s`` without any)."""
+    async with queue.iterator() as messages:
+        while True:
+            try:
+                message = await asyncio.wait_for(anext(messages), timeout_s)
+            except TimeoutError:
+                return
+            async with message.process():
+                event = json.loads(message.body)
+            if event.get("task_id") != task_id:
+                continue
+            yield event
+            if event.get("event_type") in FINAL_EVENTS:
+                return

@@ -1,0 +1,326 @@
+"""One image message: check, take the image and a global slot, generate, store or retry.
+
+Never paying twice rests on three things: an image already stored is never requested
+again; the provider task id is stored as soon as the submit answers, so a redelivery polls
+it instead of submitting; and only one worker at a time holds an image (advisory lock),
+while stale copies of a message (an older ``dispatch``) are dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from services import metrics
+from services.broker.errors import Drop, Reject
+from services.config import Settings
+from services.db.errors import DatabaseUnavailable, LostRace
+from services.db.locks import ProviderSlots
+from services.db.repository import ImageRow, Repository, TaskRow, Tx
+from services.events import Events
+from services.logs import get_logger
+from services.provider.dashscope import DashScopeClient, ProviderTaskStatus, TaskResult
+from services.provider.errors import (
+    ProviderError,
+    ProviderHTTPError,
+    ProviderPollTimeout,
+    ProviderTaskFailed,
+    ProviderTaskLost,
+)
+from statemachine import FailNow, RetryLater, TaskStatus, Trigger, decide
+
+log = get_logger("imagegen.worker")
+PROVIDER_ID_WRITE_TRIES = 8
+
+
+@dataclass(frozen=True)
+class ImageMessage:
+    task_id: str
+    index: int
+    dispatch: int
+    attempt: int
+
+    @classmethod
+    def parse(cls, body: bytes) -> ImageMessage:
+        try:
+            value: Any = json.loads(body)
+            message = cls(
+                task_id=value["task_id"],
+                index=value["index"],
+                dispatch=value["dispatch"],
+                attempt=value["attempt"],
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise Reject(f"invalid image message: {exc.__class__.__name__}: {exc}") from None
+        if not isinstance(message.task_id, str) or not all(
+            isinstance(v, int) and not isinstance(v, bool)
+            for v in (message.index, message.dispatch, message.attempt)
+        ):
+            raise Reject("invalid image message: wrong field types")
+        return message
+
+
+def _provider_code(exc: ProviderError) -> str:
+    failure = exc.failure
+    return failure.code or (str(failure.http_status) if failure.http_status else "transport")
+
+
+class ImageWorker:
+    def __init__(
+        self,
+        settings: Settings,
+        repo: Repository,
+        slots: ProviderSlots,
+        client: DashScopeClient,
+        events: Events,
+    ) -> None:
+        self.settings = settings
+        self.repo = repo
+        self.slots = slots
+        self.client = client
+        self.events = events
+
+    async def __call__(self, message: AbstractIncomingMessage) -> None:
+        msg = ImageMessage.parse(message.body)
+        _, image = await self._check(msg)  # cheap early exit, before waiting for a slot
+        fields = {"task_id": msg.task_id, "image_index": msg.index, "attempt": image.attempts}
+        async with self.slots.hold(image.id) as held:
+            if not held:
+                raise Drop(f"image {msg.task_id}/{msg.index} is held by another worker")
+            try:
+                task, image = await self._check(msg)  # again, now that nobody else can act
+                log.info("image started", action="image_started", **fields)
+                try:
+                    task = await self._start(task)
+                    url = await self._generate(task, image)
+                except ProviderError as exc:
+                    await self._failed(msg, image, exc)
+                    return
+                await self._store(msg, url)
+            finally:
+                log.info("slot freed", action="slot_freed", **fields)
+
+    async def _check(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow]:
+        async with self.repo.transaction() as tx:
+            task = await tx.get_task(msg.task_id)
+            image = await tx.get_image(msg.task_id, msg.index)
+        if task is None or image is None:
+            raise Reject(f"image message for unknown task or image {msg.task_id}/{msg.index}")
+        if not task.active:
+            raise Drop(f"task {task.id} is {task.status.value}; image {msg.index} not needed")
+        if image.stored:
+            raise Drop(f"image {task.id}/{msg.index} is already stored")
+        if image.dispatch != msg.dispatch:
+            raise Drop(f"stale message for {task.id}/{msg.index} (dispatch {msg.dispatch})")
+        return task, image
+
+    async def _start(self, task: TaskRow) -> TaskRow:
+        if task.status is TaskStatus.GENERATING_IMAGES:
+            return task
+
+        async def work(tx: Tx) -> TaskRow:
+            current = await tx.get_task(task.id)
+            if current is None or not current.active:
+                raise Drop(f"task {task.id} ended before its first image")
+            if current.status is TaskStatus.GENERATING_IMAGES:
+                return current
+            row = await tx.transition(current, Trigger.START)
+            if row is None:
+                raise LostRace()
+            await tx.add_outbox([self.events.changed(row, current.status)])
+            log.info("task started", action="task_started", task_id=task.id)
+            return row
+
+        return await self.repo.atomic(work)
+
+    async def _generate(self, task: TaskRow, image: ImageRow) -> str:
+        provider_task_id = image.provider_task_id
+        if provider_task_id is None:
+            try:
+                submitted = await self.client.submit(task.prompt, n=1)
+            except ProviderError as exc:
+                metrics.PROVIDER_CALLS.labels("submit", "error", _provider_code(exc)).inc()
+                if exc.ambiguous:
+                    log.warning(
+                        "submit outcome unknown; the provider may have billed it",
+                        action="submit_ambiguous",
+                        task_id=task.id,
+                        image_index=image.index,
+                        error=str(exc),
+                    )
+                raise
+            metrics.PROVIDER_CALLS.labels("submit", "ok", "").inc()
+            provider_task_id = submitted.task_id
+            await self._remember(image, provider_task_id)
+        else:
+            log.info(
+                "polling the provider task of an earlier attempt",
+                action="resume_poll",
+                task_id=task.id,
+                image_index=image.index,
+                provider_task_id=provider_task_id,
+            )
+        result = await self.client.wait(
+            provider_task_id, on_poll=self._watch(task.id, provider_task_id)
+        )
+        return self._url_of(result)
+
+    async def _remember(self, image: ImageRow, provider_task_id: str) -> None:
+        # The submit is paid for: losing its id would mean paying again, so insist a while.
+        for attempt in range(PROVIDER_ID_WRITE_TRIES):
+            try:
+                async with self.repo.transaction() as tx:
+                    await tx.set_provider_task(image, provider_task_id)
+                return
+            except DatabaseUnavailable:
+                if attempt == PROVIDER_ID_WRITE_TRIES - 1:
+                    raise
+                await asyncio.sleep(0.25 * 2**attempt)
+
+    def _watch(self, task_id: str, provider_task_id: str) -> Any:
+        async def on_poll(result: TaskResult | None) -> None:
+            async with self.repo.transaction() as tx:
+                task = await tx.get_task(task_id)
+            if task is not None and task.active:
+                return
+            if result is None or result.status is ProviderTaskStatus.PENDING:
+                try:
+                    await self.client.cancel(provider_task_id)
+                except ProviderError:
+                    pass  # best effort: the task may just have started running
+            raise Drop(f"task {task_id} ended while its image was being generated")
+
+        return on_poll
+
+    @staticmethod
+    def _url_of(result: TaskResult) -> str:
+        if result.status is ProviderTaskStatus.SUCCEEDED:
+            metrics.PROVIDER_CALLS.labels("task", "succeeded", "").inc()
+            if result.urls:
+                return result.urls[0]
+            entry = result.results[0] if result.results else None
+            raise ProviderTaskFailed(
+                entry.code if entry else None,
+                (entry.message if entry else None) or "succeeded without an image",
+            )
+        if result.status is ProviderTaskStatus.FAILED:
+            metrics.PROVIDER_CALLS.labels("task", "failed", result.code or "").inc()
+            raise ProviderTaskFailed(result.code, result.message or "provider task failed")
+        metrics.PROVIDER_CALLS.labels("task", result.status.value.lower(), "").inc()
+        raise ProviderTaskLost(f"provider task {result.task_id} is {result.status.value}")
+
+    async def _store(self, msg: ImageMessage, url: str) -> None:
+        async def work(tx: Tx) -> TaskRow:
+            task = await tx.get_task(msg.task_id)
+            image = await tx.get_image(msg.task_id, msg.index)
+            if task is None or image is None:
+                raise Reject(f"task {msg.task_id} vanished while its image was generated")
+            if image.stored:
+                raise Drop(f"image {task.id}/{msg.index} was stored meanwhile")
+            if task.status is not TaskStatus.GENERATING_IMAGES:
+                raise Drop(f"task {task.id} is {task.status.value}; the image is not stored")
+            await tx.store_image(image, url)
+            row = await tx.transition(task, Trigger.STORE_IMAGE, stored_now=1)
+            if row is None:
+                raise LostRace()
+            stored = replace(image, url=url)
+            outgoing = [self.events.image_ready(replace(row, status=task.status), stored)]
+            if row.status is TaskStatus.IMAGES_READY:
+                final = await tx.touch(row)
+                assert final is not None  # this transaction holds the row
+                images = await tx.get_images(task.id)
+                outgoing.append(self.events.changed(final, task.status, images=images))
+                row = final
+            await tx.add_outbox(outgoing)
+            return row
+
+        row = await self.repo.atomic(work)
+        metrics.IMAGES_STORED.inc()
+        log.info(
+            f"image {row.images_ready}/{row.image_count} stored",
+            action="image_stored",
+            task_id=msg.task_id,
+            image_index=msg.index,
+            attempt=msg.attempt,
+        )
+        if row.status is TaskStatus.IMAGES_READY:
+            metrics.TASKS_FINISHED.labels(row.status.value).inc()
+            log.info("task completed", action="task_completed", task_id=row.id)
+
+    async def _failed(self, msg: ImageMessage, image: ImageRow, exc: ProviderError) -> None:
+        error = str(exc)
+
+        async def work(tx: Tx) -> RetryLater | FailNow:
+            task = await tx.get_task(msg.task_id)
+            current = await tx.get_image(msg.task_id, msg.index)
+            if task is None or current is None or not task.active:
+                raise Drop(
+                    f"task {msg.task_id} already ended; failure of image {msg.index} ignored"
+                )
+            if current.stored or current.dispatch != msg.dispatch:
+                raise Drop(f"image {msg.task_id}/{msg.index} moved on meanwhile")
+            decision = decide(exc.failure, current.attempts, self.settings.max_retries)
+            if isinstance(decision, RetryLater):
+                again = await tx.redispatch(
+                    current,
+                    failed=True,
+                    error=error,
+                    keep_provider_task=isinstance(exc, ProviderPollTimeout),
+                )
+                row = await tx.touch(task)
+                if row is None:
+                    raise LostRace()
+                await tx.add_outbox(
+                    [
+                        self.events.retrying(row, again, decision, error),
+                        self.events.image_message(again, decision),
+                    ]
+                )
+                return decision
+            row = await tx.transition(
+                task, Trigger.FAIL, error_code=decision.kind.value, error_message=error
+            )
+            if row is None:
+                raise LostRace()
+            await tx.add_outbox(
+                [
+                    self.events.changed(
+                        row, task.status, error={"code": decision.kind.value, "message": error}
+                    )
+                ]
+            )
+            return decision
+
+        decision = await self.repo.atomic(work)
+        fields = {"task_id": msg.task_id, "image_index": msg.index, "attempt": image.attempts}
+        retryable = decision.kind.retryable
+        log.warning(
+            "image failed", action="image_error", error=error, retryable=retryable, **fields
+        )
+        if isinstance(decision, RetryLater):
+            queue = self.events.topology.retry_queue(decision.kind, decision.tier).name
+            metrics.RETRIES.labels(f"{decision.reason}.{decision.delay_s}s").inc()
+            if decision.reason == "rate_limited":
+                log.warning(
+                    f"429 detected, waiting {decision.delay_s} s",
+                    action="rate_limited",
+                    delay_s=decision.delay_s,
+                    **fields,
+                )
+            log.info(
+                f"retry {decision.retry}/{self.settings.max_retries} in {decision.delay_s} s",
+                action="retry_scheduled",
+                delay_s=decision.delay_s,
+                queue=queue,
+                **fields,
+            )
+        else:
+            metrics.TASKS_FINISHED.labels(TaskStatus.FAILED.value).inc()
+            why = "retries exhausted" if decision.exhausted else "not retryable"
+            log.error(f"task failed: {why}", action="task_failed", error=error, **fields)
+            if isinstance(exc, ProviderHTTPError) and exc.status in (401, 403):
+                log.error("check DASHSCOPE_API_KEY and the account", action="provider_auth")
