@@ -1,0 +1,246 @@
+"""The pipeline end to end: happy path, the seed's worked example, failures, duplicates,
+cancellation and poison messages, on real PostgreSQL and RabbitMQ and the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+
+from services.db.repository import Repository
+from services.provider.simulator import RunningSimulator
+from services.runtime import Wiring
+from tests.e2e.conftest import Bus
+
+
+def _prompt(text: str) -> str:
+    return f"{text} #{uuid.uuid4().hex[:8]}"  # unique, so simulator counters are per test
+
+
+async def test_a_task_goes_from_pending_to_images_ready_with_every_event_in_version_order(
+    bus: Bus, service_repo: Repository, sim: RunningSimulator
+) -> None:
+    prompt = _prompt("a cute cat")
+    task_id = await bus.create(prompt, metadata={"order": 7})
+    ready = await bus.final(task_id)
+
+    assert ready["event_type"] == "task.status.images_ready"
+    assert bus.types(task_id) == [
+        "task.status.pending",
+        "task.status.generating_images",
+        *["task.image.ready"] * 4,
+        "task.status.images_ready",
+    ]
+    versions = sorted(e["version"] for e in bus.events[task_id])
+    assert versions == list(range(1, 8)), "one version per event, no gaps"
+    assert [i["index"] for i in ready["images"]] == [0, 1, 2, 3]
+    assert ready["metadata"] == {"order": 7} and ready["previous_status"] == "GENERATING_IMAGES"
+
+    found = await service_repo.get_task(task_id)
+    assert found is not None
+    task, images = found
+    assert task.status.value == "IMAGES_READY" and task.image_generation_completed_at
+    assert [i.index for i in images] == [0, 1, 2, 3] and all(i.url for i in images)
+    stats = sim.sim.stats
+    assert stats.submits_by_prompt[prompt] == 4 and stats.billed_by_prompt[prompt] == 4
+
+
+async def test_the_seed_worked_example_retries_only_the_throttled_image(
+    bus: Bus, sim: RunningSimulator
+) -> None:
+    # The 3rd and 5th submits of this prompt answer 429: one image is throttled twice.
+    prompt = _prompt("worked example [sim:429@3,5]")
+    task_id = await bus.create(prompt)
+    ready = await bus.final(task_id)
+
+    assert ready["status"] == "IMAGES_READY"
+    retries = [e for e in bus.events[task_id] if e["event_type"] == "task.image.retrying"]
+    assert len(retries) == 2
+    assert len({r["retry"]["index"] for r in retries}) == 1, "the same image both times"
+    assert [(r["retry"]["attempt"], r["retry"]["delay_s"]) for r in retries] == [(1, 30), (2, 60)]
+    assert all(r["retry"]["reason"] == "rate_limited" for r in retries)
+    assert sim.sim.stats.submits_by_prompt[prompt] == 6, "4 images + 2 throttled, none redone"
+    assert sim.sim.stats.billed_by_prompt[prompt] == 4
+
+
+@pytest.mark.parametrize(
+    ("marker", "message"),
+    [
+        ("429", "provider error: 429 Throttling.RateQuota - Requests rate limit exceeded"),
+        ("500", "provider error: 500 InternalError - An internal error has occured"),
+    ],
+)
+async def test_four_failed_attempts_fail_the_task_with_the_seed_error_message(
+    bus: Bus, sim: RunningSimulator, service_repo: Repository, marker: str, message: str
+) -> None:
+    prompt = _prompt(f"always failing [sim:{marker}]")
+    task_id = await bus.create(prompt, image_count=1)
+    failed = await bus.final(task_id)
+
+    assert failed["event_type"] == "task.status.failed"
+    assert failed["error"]["message"].startswith(message)
+    assert sim.sim.stats.submits_by_prompt[prompt] == 4, "one attempt and three retries"
+    retries = [
+        e["retry"]["attempt"]
+        for e in bus.events[task_id]
+        if e["event_type"] == "task.image.retrying"
+    ]
+    assert retries == [1, 2, 3]
+    found = await service_repo.get_task(task_id)
+    assert found is not None
+    assert found[0].failed_at is not None and found[0].error_message == failed["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("marker", "code"),
+    [
+        ("inspect", "provider_content_rejected"),
+        ("badkey", "provider_auth_failed"),
+        ("arrearage", "provider_billing"),
+        ("billoverdue", "provider_billing"),
+        ("failinspect", "provider_content_rejected"),
+    ],
+)
+async def test_a_non_retryable_error_fails_the_task_after_exactly_one_provider_call(
+    bus: Bus, sim: RunningSimulator, marker: str, code: str
+) -> None:
+    prompt = _prompt(f"doomed [sim:{marker}]")
+    task_id = await bus.create(prompt, image_count=1)
+    failed = await bus.final(task_id)
+
+    assert failed["status"] == "FAILED" and failed["error"]["code"] == code
+    assert sim.sim.stats.submits_by_prompt[prompt] == 1
+    assert "task.image.retrying" not in bus.types(task_id)
+
+
+async def test_the_same_task_created_three_times_is_one_task_billed_once(
+    bus: Bus, sim: RunningSimulator
+) -> None:
+    prompt = _prompt("delivered thrice")
+    task_id = f"dup-{uuid.uuid4().hex[:10]}"
+    for _ in range(3):
+        await bus.create(prompt, task_id=task_id)
+    await bus.final(task_id)
+    await asyncio.sleep(0.5)  # let any duplicate show itself
+
+    assert bus.types(task_id).count("task.status.pending") == 1
+    assert bus.types(task_id).count("task.image.ready") == 4
+    assert sim.sim.stats.billed_by_prompt[prompt] == 4
+    assert sim.sim.stats.submits_by_prompt[prompt] == 4
+
+
+async def test_a_cancel_during_generation_stores_nothing_and_is_the_last_event(
+    bus: Bus, sim: RunningSimulator, service_repo: Repository
+) -> None:
+    sim.sim.configure({"latency_s": 1.0})
+    prompt = _prompt("cancel me")
+    task_id = await bus.create(prompt)
+    await bus.wait_for(task_id, "task.status.generating_images")
+    await bus.publish("task.cancel", {"task_id": task_id, "reason": "user pressed cancel"})
+    cancelled = await bus.final(task_id)
+    await asyncio.sleep(1.5)  # the provider finishes the running images meanwhile
+
+    assert cancelled["event_type"] == "task.status.cancelled"
+    assert bus.types(task_id)[-1] == "task.status.cancelled", "no event after cancelled"
+    found = await service_repo.get_task(task_id)
+    assert found is not None
+    assert found[0].status.value == "CANCELLED" and not any(i.url for i in found[1])
+
+
+async def test_cancelling_an_unknown_or_finished_task_is_refused_with_an_event(bus: Bus) -> None:
+    unknown = f"nobody-{uuid.uuid4().hex[:8]}"
+    await bus.publish("task.cancel", {"task_id": unknown})
+    refused = await bus.wait_for(unknown, "task.cancel_rejected")
+    assert refused["error"]["code"] == "not_found"
+
+    done = await bus.create(_prompt("finished first"), image_count=1)
+    await bus.final(done)
+    await bus.publish("task.cancel", {"task_id": done})
+    refused = await bus.wait_for(done, "task.cancel_rejected")
+    assert refused["error"]["code"] == "not_cancellable" and refused["status"] == "IMAGES_READY"
+
+
+async def _dead_reasons(
+    service: Wiring, message_ids: set[str], timeout: float = 10
+) -> dict[str, str]:
+    channel = await service.connection.channel()
+    queue = await channel.get_queue(service.topology.dead_queue)
+    found: dict[str, str] = {}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while set(found) != message_ids and asyncio.get_running_loop().time() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.1)
+            continue
+        if message.message_id in message_ids:
+            found[message.message_id] = str((message.headers or {}).get("x-imagegen-reason"))
+            await message.ack()
+        else:
+            await message.nack(requeue=True)
+    await channel.close()
+    return found
+
+
+async def test_poison_messages_are_parked_with_reasons_and_valid_tasks_still_flow(
+    bus: Bus, service: Wiring
+) -> None:
+    good = {"user_id": "u", "prompt": "fine"}
+    poison: dict[str, tuple[str, bytes | dict[str, object]]] = {
+        "not json": ("task.created", b"{not json"),
+        "wrong types": ("task.created", {"task_id": 42, "user_id": "u", "prompt": "x"}),
+        "blank prompt": ("task.created", {"task_id": "p-blank", **good, "prompt": "   "}),
+        "100 KB prompt": ("task.created", {"task_id": "p-big", **good, "prompt": "x" * 100_000}),
+        "unknown field": ("task.created", {"task_id": "p-extra", **good, "colour": "red"}),
+        "not an object": ("task.created", b"[1, 2, 3]"),
+        "nul in prompt": ("task.created", {"task_id": "p-nul", **good, "prompt": "a\u0000b"}),
+        "bad image_count": ("task.created", {"task_id": "p-count", **good, "image_count": 9}),
+        "unknown key": ("task.exploded", {"task_id": "p-key"}),
+        "invalid utf-8": ("task.created", b'{"prompt": "\xff\xfe"}'),
+    }
+    ids: dict[str, str] = {}
+    valid = []
+    for name, (key, body) in poison.items():
+        ids[await bus.publish(key, body)] = name
+        valid.append(await bus.create(_prompt(f"valid between {name}"), image_count=1))
+
+    reasons = await _dead_reasons(service, set(ids))
+    assert set(reasons) == set(ids), f"missing: {[ids[m] for m in set(ids) - set(reasons)]}"
+    for message_id, reason in reasons.items():
+        assert reason and reason != "None", f"{ids[message_id]} has no reason"
+    by_name = {ids[m]: r for m, r in reasons.items()}
+    assert "prompt is blank" in by_name["blank prompt"]
+    assert "larger than" in by_name["100 KB prompt"]
+    assert "colour" in by_name["unknown field"]
+    assert "not valid JSON" in by_name["not json"]
+    rejected = await bus.wait_for("p-blank", "task.rejected")
+    assert rejected["error"]["code"] == "invalid_request"
+    for task_id in valid:
+        assert (await bus.final(task_id))["status"] == "IMAGES_READY"
+
+
+async def test_a_conflicting_duplicate_is_parked_and_the_first_task_is_kept(
+    bus: Bus, service: Wiring, service_repo: Repository
+) -> None:
+    task_id = await bus.create(_prompt("original"), image_count=1)
+    await bus.final(task_id)
+    message_id = await bus.publish(
+        "task.created", {"task_id": task_id, "user_id": "u-e2e", "prompt": "something else"}
+    )
+    reasons = await _dead_reasons(service, {message_id})
+    assert "different content" in reasons[message_id]
+    assert (await bus.wait_for(task_id, "task.rejected"))["error"]["code"] == "invalid_request"
+    found = await service_repo.get_task(task_id)
+    assert found is not None and found[0].status.value == "IMAGES_READY"
+
+
+async def test_events_carry_the_correlation_id_of_the_request(bus: Bus) -> None:
+    task_id = f"corr-{uuid.uuid4().hex[:8]}"
+    body = {"task_id": task_id, "user_id": "u", "prompt": _prompt("correlated"), "image_count": 1}
+    await bus.publish("task.created", json.dumps(body).encode(), correlation_id="req-123")
+    await bus.final(task_id)
+    events = bus.events[task_id]
+    assert len(events) >= 4
+    assert all(e["_correlation_id"] == "req-123" for e in events)
+    assert all(e["_message_id"] == e["event_id"] for e in events)

@@ -1,0 +1,196 @@
+"""Separate worker processes: the global concurrency limit holds across them, a worker
+killed between submit and store costs no second submit, and purged work is recovered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import aio_pika
+import pytest
+from sqlalchemy.engine import make_url
+
+from services.broker.topology import Topology
+from services.config import Settings
+from services.db.engine import drop_database, ensure_database
+from services.db.migrate import upgrade
+from services.db.repository import Repository
+from services.provider.simulator import RunningSimulator
+from services.runtime import Role, Wiring, run
+from services.worker.reconciler import Reconciler
+from tests.e2e.conftest import SIM_KEY, Bus, start_bus, with_simulator
+
+
+@dataclass
+class Cluster:
+    settings: Settings
+    wired: Wiring
+    bus: Bus
+    workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        s = self.settings
+        return os.environ | {
+            "IMAGEGEN_DATABASE_URL": s.database_url,
+            "IMAGEGEN_AMQP_URL": s.amqp_url,
+            "IMAGEGEN_NAMESPACE": s.namespace,
+            "IMAGEGEN_MAX_CONCURRENT": str(s.max_concurrent),
+            "IMAGEGEN_RETRY_TTL_SCALE": str(s.retry_ttl_scale),
+            "IMAGEGEN_POLL_SCHEDULE_SCALE": str(s.poll_schedule_scale),
+            "IMAGEGEN_LOG_FORMAT": "json",
+            "DASHSCOPE_API_KEY": SIM_KEY,
+            "DASHSCOPE_BASE_URL": s.dashscope_base_url,
+        }
+
+    async def start_worker(self) -> subprocess.Popen[bytes]:
+        before = await self.consumers()
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "services", "worker"],
+            env=self.env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.workers.append(worker)
+        for _ in range(200):
+            if await self.consumers() > before:
+                return worker
+            assert worker.poll() is None, "the worker exited during start"
+            await asyncio.sleep(0.05)
+        raise AssertionError("the worker never started consuming")
+
+    async def consumers(self) -> int:
+        channel = await self.wired.connection.channel()
+        try:
+            queue = await channel.declare_queue(self.wired.topology.images_queue, passive=True)
+            return int(queue.declaration_result.consumer_count or 0)
+        finally:
+            await channel.close()
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        self.workers.clear()
+
+
+@pytest.fixture(scope="module")
+async def cluster(settings: Settings, sim: RunningSimulator) -> AsyncIterator[Cluster]:
+    """Intake and relay in this process, on a database and namespace of their own."""
+    url = make_url(settings.database_url)
+    own = with_simulator(
+        settings,
+        sim,
+        database_url=url.set(database=f"{url.database}_proc").render_as_string(hide_password=False),
+        namespace=f"{settings.namespace}-proc",
+        max_concurrent=2,
+    )
+    await ensure_database(own.database_url)
+    await upgrade(own.database_url)
+    stop = asyncio.Event()
+    ready: asyncio.Future[Wiring] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(run(own, [Role.INTAKE, Role.RELAY], stop, ready.set_result))
+    wired = await asyncio.wait_for(ready, 30)
+    connection = await aio_pika.connect_robust(own.amqp_url)
+    cluster = Cluster(own, wired, await start_bus(connection, wired.topology))
+    yield cluster
+    cluster.stop_workers()
+    await connection.close()
+    stop.set()
+    await asyncio.wait_for(task, 30)
+    async with await aio_pika.connect_robust(own.amqp_url) as cleanup:
+        await Topology(own.namespace).delete(await cleanup.channel())
+    await drop_database(own.database_url)
+
+
+@pytest.fixture
+def workers_stopped(cluster: Cluster) -> Iterator[None]:
+    yield
+    cluster.stop_workers()
+
+
+def _prompt(text: str) -> str:
+    return f"{text} #{uuid.uuid4().hex[:8]}"
+
+
+async def test_two_worker_processes_never_exceed_the_global_limit(
+    cluster: Cluster, sim: RunningSimulator, workers_stopped: None
+) -> None:
+    sim.sim.configure({"latency_s": 0.3})
+    await cluster.start_worker()
+    await cluster.start_worker()
+    prompt = _prompt("concurrency")
+    tasks = [await cluster.bus.create(prompt) for _ in range(3)]
+    for task_id in tasks:
+        assert (await cluster.bus.final(task_id, timeout=60))["status"] == "IMAGES_READY"
+
+    assert cluster.settings.max_concurrent == 2
+    assert sim.sim.stats.peak_running == 2, "the limit was reached, and never passed"
+    assert sim.sim.stats.billed_by_prompt[prompt] == 12
+
+
+async def test_a_worker_killed_between_submit_and_store_costs_no_second_submit(
+    cluster: Cluster, sim: RunningSimulator, workers_stopped: None
+) -> None:
+    sim.sim.configure({"latency_s": 2.0})
+    victim = await cluster.start_worker()
+    prompt = _prompt("crash")
+    task_id = await cluster.bus.create(prompt, image_count=1)
+    repo: Repository = cluster.wired.repo
+    for _ in range(200):
+        found = await repo.get_task(task_id)
+        if found and found[1][0].provider_task_id:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the worker never stored a provider task id")
+    assert sim.sim.stats.submits_by_prompt[prompt] == 1
+
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    await cluster.start_worker()
+    ready = await cluster.bus.final(task_id, timeout=60)
+
+    assert ready["status"] == "IMAGES_READY"
+    assert sim.sim.stats.submits_by_prompt[prompt] == 1, (
+        "the restarted worker polled, not paid again"
+    )
+    assert sim.sim.stats.billed_by_prompt[prompt] == 1
+
+
+async def test_purged_image_messages_are_dispatched_again_by_the_reconciler(
+    cluster: Cluster, sim: RunningSimulator, workers_stopped: None
+) -> None:
+    prompt = _prompt("purged")
+    task_id = await cluster.bus.create(prompt, image_count=2)
+    await cluster.bus.wait_for(task_id, "task.status.pending")
+    channel = await cluster.wired.connection.channel()
+    queue = await channel.get_queue(cluster.wired.topology.images_queue)
+    for _ in range(100):  # the relay publishes the image messages right after the event
+        if (
+            await channel.declare_queue(queue.name, passive=True)
+        ).declaration_result.message_count == 2:
+            break
+        await asyncio.sleep(0.05)
+    await queue.purge()
+    await channel.close()
+
+    reconciler = Reconciler(
+        cluster.wired.repo, cluster.wired.events, cluster.settings.namespace, 1, stale_after_s=0.01
+    )
+    await asyncio.sleep(0.05)
+    assert await reconciler.run_once() == 2
+    await cluster.start_worker()
+
+    assert (await cluster.bus.final(task_id, timeout=60))["status"] == "IMAGES_READY"
+    assert sim.sim.stats.submits_by_prompt[prompt] == 2
