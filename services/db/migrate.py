@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
+from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def alembic_config(database_url: str) -> Config:
-    config = Config(toml_file=str(ROOT / "pyproject.toml"))
-    config.set_main_option("script_location", str(ROOT / "migrations"))
+    """Alembic pointed at the ``migrations`` package, wherever it is installed."""
+    config = Config()
+    config.set_main_option("script_location", str(files("migrations")))
     config.set_main_option("sqlalchemy.url", database_url)
     return config
 

@@ -34,6 +34,7 @@ async def sim() -> AsyncIterator[RunningSimulator]:
 @pytest.fixture(autouse=True)
 def fresh_simulator(sim: RunningSimulator) -> None:
     sim.sim.configure(SimConfig(api_key=SIM_KEY).model_dump())
+    sim.sim.reset_counters()
 
 
 def with_simulator(settings: Settings, sim: RunningSimulator, **overrides: Any) -> Settings:

@@ -228,7 +228,11 @@ class SimulatorApp:
         return JSONResponse(config.model_dump())
 
     async def reset(self, request: Request) -> Response:
-        self.sim.reset()
+        """``POST /_sim/reset`` forgets everything; ``?counters_only=true`` only zeroes counters."""
+        if request.query_params.get("counters_only") == "true":
+            self.sim.reset_counters()
+        else:
+            self.sim.reset()
         return JSONResponse({"reset": True})
 
     async def requests(self, request: Request) -> Response:

@@ -152,7 +152,13 @@ class Simulator:
         self.config = config or SimConfig()
         self.reset()
 
+    def reset_counters(self) -> None:
+        """Zero the counters, keeping the tasks (and the running ones) as they are."""
+        self.advance()
+        self.stats = Stats()
+
     def reset(self) -> None:
+        """Forget everything: tasks, counters, recorded requests."""
         self.stats = Stats()
         self.tasks: dict[str, SimTask] = {}
         self.requests: deque[dict[str, Any]] = deque(maxlen=200)

@@ -1,0 +1,209 @@
+"""The admin HTTP probe over real HTTP, on real services: every route's success and error
+shapes as CONTRACT.md §4 gives them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+from services.admin.app import create_app
+from services.config import Settings, load_settings
+from services.provider.simulator.server import EmbeddedServer, free_port
+from services.runtime import Wiring
+from tests.proxy import Proxy
+
+TOKEN = "admin-token-for-tests"
+
+
+async def _serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    import uvicorn
+
+    port = free_port()
+    server = EmbeddedServer(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        assert not task.done(), "the admin app did not start"
+        await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        yield client
+    server.should_exit = True
+    await task
+
+
+def _with(settings: Settings, **overrides: Any) -> Settings:
+    return load_settings(**(settings.model_dump() | overrides))
+
+
+@pytest.fixture(scope="module")
+async def api(service: Wiring) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _serve(service.settings):
+        yield client
+
+
+@pytest.fixture(scope="module")
+async def guarded(service: Wiring) -> AsyncIterator[httpx.AsyncClient]:
+    async for client in _serve(_with(service.settings, admin_token=TOKEN)):
+        yield client
+
+
+async def test_healthz_and_readyz_answer_ok_while_everything_runs(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    ready = await api.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"postgresql": "ok", "rabbitmq": "ok"}
+
+
+async def test_a_task_created_over_http_is_processed_and_shown_like_the_original(
+    api: httpx.AsyncClient,
+) -> None:
+    created = await api.post("/api/tasks", json={"prompt": "a cat over http", "userId": "u-7"})
+    assert created.status_code == 201
+    body = created.json()
+    assert body["success"] is True
+    assert set(body["queue"]) == {"running", "maxConcurrent"}
+    task = body["data"]
+    assert task["status"] == "PENDING" and task["userId"] == "u-7" and task["images"] == []
+    for key in (
+        "id",
+        "prompt",
+        "createdAt",
+        "imageGenerationStartedAt",
+        "imageGenerationCompletedAt",
+        "failedAt",
+        "errorMessage",
+    ):
+        assert key in task
+
+    for _ in range(200):
+        shown = (await api.get(f"/api/tasks/{task['id']}")).json()
+        if shown["data"]["status"] == "IMAGES_READY":
+            break
+        await asyncio.sleep(0.05)
+    assert shown["success"] is True and shown["data"]["status"] == "IMAGES_READY"
+    assert [i["index"] for i in shown["data"]["images"]] == [0, 1, 2, 3]
+    assert shown["data"]["imageGenerationCompletedAt"].endswith("Z")
+
+    refused = await api.post(f"/api/tasks/{task['id']}/cancel")
+    assert refused.status_code == 409
+    assert refused.json() == {
+        "success": False,
+        "error": "Task cannot be cancelled (already completed)",
+    }
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "   "},
+        {"userId": "u"},
+        {"prompt": "x" * 2001},
+        {"prompt": 42},
+        {"prompt": "ok", "unknown": 1},
+    ],
+)
+async def test_bad_task_bodies_answer_400_in_the_original_shape(
+    api: httpx.AsyncClient, body: dict[str, Any]
+) -> None:
+    answer = await api.post("/api/tasks", json=body)
+    assert answer.status_code == 400
+    assert answer.json()["success"] is False and answer.json()["error"]
+
+
+async def test_a_non_json_body_answers_400(api: httpx.AsyncClient) -> None:
+    answer = await api.post(
+        "/api/tasks", content=b"prompt=cat", headers={"content-type": "text/plain"}
+    )
+    assert answer.status_code == 400 and answer.json()["success"] is False
+
+
+async def test_an_oversized_body_answers_413(api: httpx.AsyncClient) -> None:
+    answer = await api.post("/api/tasks", content=b"x" * (1024 * 1024))
+    assert answer.status_code == 413 and answer.json()["success"] is False
+
+
+async def test_unknown_tasks_answer_404(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/api/tasks/nope")).status_code == 404
+    cancel = await api.post("/api/tasks/nope/cancel")
+    assert cancel.status_code == 404 and cancel.json()["success"] is False
+
+
+async def test_a_pending_task_can_be_cancelled_over_http(
+    api: httpx.AsyncClient, service: Wiring
+) -> None:
+    from services.db.repository import NewTask
+    from services.intake.commands import create_task
+
+    # Created through the same command as an event; the cancel then races the worker,
+    # and PENDING and GENERATING_IMAGES are both cancellable.
+    created = await create_task(
+        service.repo, service.events, NewTask(id="http-cancel-1", user_id="u", prompt="p")
+    )
+    assert created.task.status.value == "PENDING"
+    answer = await api.post("/api/tasks/http-cancel-1/cancel")
+    assert answer.status_code == 200
+    assert answer.json() == {"success": True, "message": "Task cancelled"}
+    shown = (await api.get("/api/tasks/http-cancel-1")).json()["data"]
+    assert shown["status"] == "CANCELLED"
+
+
+async def test_queue_status_reports_slots_and_queues(api: httpx.AsyncClient) -> None:
+    answer = await api.get("/api/queue/status")
+    assert answer.status_code == 200
+    data = answer.json()["data"]
+    assert set(data) == {"running", "maxConcurrent", "queued", "retrying", "dead"}
+    assert data["maxConcurrent"] == 3
+    assert all(isinstance(v, int) and v >= 0 for v in data.values())
+
+
+async def test_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:
+    answer = await api.get("/metrics")
+    assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
+    for name in (
+        "imagegen_tasks{",
+        "imagegen_images_stored_total",
+        "imagegen_outbox_rows",
+        "imagegen_queue_messages{",
+        "imagegen_provider_calls_total",
+    ):
+        assert name in answer.text
+
+
+async def test_the_token_guards_api_routes_but_not_the_probes(guarded: httpx.AsyncClient) -> None:
+    assert (await guarded.get("/api/queue/status")).status_code == 401
+    wrong = await guarded.get("/api/queue/status", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and wrong.json()["success"] is False
+    right = await guarded.get("/api/queue/status", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert right.status_code == 200
+    assert (await guarded.post("/api/tasks", json={"prompt": "x"})).status_code == 401
+    for open_path in ("/healthz", "/readyz", "/metrics"):
+        assert (await guarded.get(open_path)).status_code == 200
+    assert TOKEN not in (await guarded.get("/metrics")).text
+
+
+async def test_readyz_says_503_while_rabbitmq_is_unreachable_and_200_once_it_is_back(
+    service: Wiring,
+) -> None:
+    amqp = urlparse(service.settings.amqp_url)
+    proxy = Proxy(amqp.hostname or "127.0.0.1", amqp.port or 5672)
+    url = service.settings.amqp_url.replace(f":{amqp.port or 5672}", f":{proxy.port}")
+    async for client in _serve(_with(service.settings, amqp_url=url)):
+        down = await client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json()["checks"]["postgresql"] == "ok"
+        assert down.json()["checks"]["rabbitmq"].startswith("unavailable")
+        assert (await client.get("/api/queue/status")).status_code == 503
+
+        await proxy.start()
+        for _ in range(100):
+            if (await client.get("/readyz")).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert (await client.get("/readyz")).status_code == 200
+        await proxy.stop()
