@@ -170,7 +170,7 @@ async def run(
                 asyncio.create_task(reconciler.run(stop)),
             ]
         if Role.INTAKE in roles:
-            handler = IntakeHandler(wired.repo, wired.events)
+            handler = IntakeHandler(wired.repo, wired.events, wired.slots)
             await consume(Role.INTAKE, wired.topology.intake_queue, handler, INTAKE_PREFETCH)
         if Role.WORKER in roles:
             client = await stack.enter_async_context(provider_client(settings))

@@ -238,7 +238,7 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
             meta=checked.metadata,
         )
         try:
-            created = await create_task(deps.repo, deps.events, new)
+            created = await create_task(deps.repo, deps.events, new, deps.slots)
         except Conflict as exc:
             raise ApiError(409, str(exc)) from None
         return ok(task_view(created.task, []), queue=await queue_summary(deps))

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from services.db.errors import LostRace
+from services.db.locks import ProviderSlots
 from services.db.repository import NewTask, Repository, TaskRow, Tx
 from services.errors import ImagegenError
 from services.events import Events
@@ -37,7 +38,9 @@ class Created:
     """True when the same request had already created the task: nothing new was done."""
 
 
-async def create_task(repo: Repository, events: Events, new: NewTask) -> Created:
+async def create_task(
+    repo: Repository, events: Events, new: NewTask, slots: ProviderSlots | None = None
+) -> Created:
     async with repo.transaction() as tx:
         task = await tx.insert_task(new)
         if task is None:
@@ -55,11 +58,13 @@ async def create_task(repo: Repository, events: Events, new: NewTask) -> Created
                 *(events.image_message(image) for image in images),
             ]
         )
+    running = f"{await slots.running()}/{slots.size}" if slots is not None else None
     log.info(
         "task queued",
         action="task_queued",
         task_id=task.id,
         image_count=task.image_count,
+        running=running,
     )
     return Created(task, duplicate=False)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aio_pika.abc import AbstractIncomingMessage
 
 from services.broker.errors import Drop, Reject
+from services.db.locks import ProviderSlots
 from services.db.repository import NewTask, Repository
 from services.events import Events
 from services.intake.commands import Conflict, cancel_task, create_task
@@ -19,9 +20,12 @@ from services.intake.schema import (
 
 
 class IntakeHandler:
-    def __init__(self, repo: Repository, events: Events) -> None:
+    def __init__(
+        self, repo: Repository, events: Events, slots: ProviderSlots | None = None
+    ) -> None:
         self.repo = repo
         self.events = events
+        self.slots = slots
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         routing_key = message.routing_key or ""
@@ -60,7 +64,7 @@ class IntakeHandler:
                 correlation_id=correlation_id,
             )
             try:
-                result = await create_task(self.repo, self.events, new)
+                result = await create_task(self.repo, self.events, new, self.slots)
             except Conflict as exc:
                 raise rejected(f"conflicting task.created: {exc}") from None
             if result.duplicate:

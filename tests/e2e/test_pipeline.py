@@ -244,3 +244,25 @@ async def test_events_carry_the_correlation_id_of_the_request(bus: Bus) -> None:
     assert len(events) >= 4
     assert all(e["_correlation_id"] == "req-123" for e in events)
     assert all(e["_message_id"] == e["event_id"] for e in events)
+
+
+async def test_a_cancel_also_cancels_provider_tasks_still_pending_at_dashscope(
+    bus: Bus, sim: RunningSimulator
+) -> None:
+    # One provider task runs at a time, so the other images wait as PENDING at the provider.
+    sim.sim.configure({"latency_s": 1.0, "running_limit": 1})
+    task_id = await bus.create(_prompt("cancel pending at provider"), image_count=3)
+    await bus.wait_for(task_id, "task.status.generating_images")
+    for _ in range(100):
+        if sim.sim.stats.tasks_created >= 3:
+            break
+        await asyncio.sleep(0.02)
+    await bus.publish("task.cancel", {"task_id": task_id})
+    await bus.final(task_id)
+    for _ in range(100):
+        if sim.sim.stats.cancels >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert sim.sim.stats.cancels == 2, "both waiting provider tasks were cancelled there"
+    sim.sim.advance()
+    assert sim.sim.stats.billed_images <= 1

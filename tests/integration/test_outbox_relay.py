@@ -1,0 +1,133 @@
+"""The outbox relay: committed rows reach RabbitMQ with confirms and leave the table;
+a NOTIFY wakes it at once; two relays share the table without publishing a row twice."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import aio_pika
+import pytest
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from sqlalchemy import func, select
+
+from services.aio import wait_any
+from services.broker.publisher import Publisher
+from services.config import Settings
+from services.db.models import outbox
+from services.db.repository import Outgoing, Repository
+from services.outbox.relay import Relay
+
+
+@pytest.fixture
+async def connection(settings: Settings) -> AsyncIterator[AbstractRobustConnection]:
+    connection = await aio_pika.connect_robust(settings.amqp_url)
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+async def target(connection: AbstractRobustConnection) -> AsyncIterator[AbstractQueue]:
+    channel = await connection.channel()
+    queue = await channel.declare_queue(f"relay-test-{uuid.uuid4().hex[:8]}", exclusive=True)
+    yield queue
+
+
+async def _publisher(connection: AbstractRobustConnection) -> Publisher:
+    return Publisher(await connection.channel(publisher_confirms=True, on_return_raises=True))
+
+
+async def _add(repo: Repository, queue: str, n: int) -> set[str]:
+    ids = {str(uuid.uuid4()) for _ in range(n)}
+    async with repo.transaction() as tx:
+        await tx.add_outbox([Outgoing("", queue, {"n": i}, i) for i in ids])
+    return ids
+
+
+async def _received(queue: AbstractQueue, expected: int, seconds: float = 10) -> list[str]:
+    got: list[str] = []
+    deadline = time.monotonic() + seconds
+    while len(got) < expected and time.monotonic() < deadline:
+        message = await queue.get(fail=False)
+        if message is None:
+            await asyncio.sleep(0.02)
+            continue
+        assert json.loads(message.body)["n"] == message.message_id
+        got.append(str(message.message_id))
+        await message.ack()
+    return got
+
+
+async def _outbox_rows(repo: Repository, queue: str) -> int:
+    async with repo.transaction() as tx:
+        stmt = select(func.count()).select_from(outbox).where(outbox.c.routing_key == queue)
+        return int((await tx.conn.execute(stmt)).scalar_one())
+
+
+async def test_a_committed_row_is_published_with_confirms_and_removed(
+    repo: Repository,
+    connection: AbstractRobustConnection,
+    target: AbstractQueue,
+    database: str,
+) -> None:
+    ids = await _add(repo, target.name, 3)
+    relay = Relay(repo, await _publisher(connection), database)
+    while await relay.drain_once():
+        pass
+    assert sorted(await _received(target, 3)) == sorted(ids)
+    assert await _outbox_rows(repo, target.name) == 0
+
+
+async def test_an_unroutable_row_stays_in_the_outbox_and_raises(
+    repo: Repository, connection: AbstractRobustConnection, database: str
+) -> None:
+    missing = f"no-such-queue-{uuid.uuid4().hex[:8]}"
+    await _add(repo, missing, 1)
+    relay = Relay(repo, await _publisher(connection), database)
+    from services.broker.errors import PublishReturned
+
+    with pytest.raises(PublishReturned):
+        await relay.drain_once()
+    assert await _outbox_rows(repo, missing) == 1
+    async with repo.transaction() as tx:  # clean up for the other relay tests
+        await tx.conn.execute(outbox.delete().where(outbox.c.routing_key == missing))
+
+
+async def test_a_notify_wakes_the_relay_long_before_its_poll(
+    repo: Repository,
+    connection: AbstractRobustConnection,
+    target: AbstractQueue,
+    database: str,
+) -> None:
+    stop = asyncio.Event()
+    relay = Relay(repo, await _publisher(connection), database, poll_interval_s=30)
+    running = asyncio.create_task(relay.run(stop))
+    await wait_any(stop, seconds=0.5)  # listening by now
+    started = time.monotonic()
+    ids = await _add(repo, target.name, 1)
+    assert await _received(target, 1, seconds=5) == list(ids)
+    assert time.monotonic() - started < 2, "woken by NOTIFY, not by the 30 s poll"
+    stop.set()
+    await running
+
+
+async def test_two_relays_share_the_table_without_publishing_a_row_twice(
+    repo: Repository,
+    connection: AbstractRobustConnection,
+    target: AbstractQueue,
+    database: str,
+) -> None:
+    ids = await _add(repo, target.name, 1000)
+    relays = [Relay(repo, await _publisher(connection), database, batch=50) for _ in range(2)]
+
+    async def drain(relay: Relay) -> None:
+        while await relay.drain_once():
+            pass
+
+    await asyncio.gather(*(drain(r) for r in relays))
+    got = await _received(target, 1000)
+    assert len(got) == 1000 and set(got) == ids, "each row exactly once"
+    assert await _outbox_rows(repo, target.name) == 0
