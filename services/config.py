@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     provider_poll_timeout_s: float = Field(default=600.0, gt=0)
     """Longest wait for one provider task to finish before it counts as a transient failure."""
     poll_schedule_scale: float = Field(default=1.0, gt=0, le=1.0)
+    provider_query_rate_per_s: float = Field(default=20.0, ge=0)
+    """Task queries per second per process (DashScope allows 20 per account); 0 lifts it."""
     worker_prefetch: int = Field(default=0, ge=0, le=1000)
     """Unacked image messages per worker process; 0 means twice max_concurrent."""
     reconcile_interval_s: float = Field(default=60.0, gt=0)

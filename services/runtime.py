@@ -58,6 +58,7 @@ async def provider_client(settings: Settings) -> AsyncIterator[DashScopeClient]:
         "read_timeout_s": settings.provider_read_timeout_s,
         "poll_timeout_s": settings.provider_poll_timeout_s,
         "poll_schedule_scale": settings.poll_schedule_scale,
+        "query_rate_per_s": settings.provider_query_rate_per_s,
     }
     async with AsyncExitStack() as stack:
         if settings.dashscope_api_key is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -139,7 +140,9 @@ class ImageWorker:
 
     async def _generate(self, task: TaskRow, image: ImageRow) -> str:
         provider_task_id = image.provider_task_id
+        submitted_at: float | None = None
         if provider_task_id is None:
+            submitted_at = time.monotonic()
             try:
                 submitted = await self.client.submit(task.prompt, n=1)
             except ProviderError as exc:
@@ -165,7 +168,9 @@ class ImageWorker:
                 provider_task_id=provider_task_id,
             )
         result = await self.client.wait(
-            provider_task_id, on_poll=self._watch(task.id, provider_task_id)
+            provider_task_id,
+            submitted_at=submitted_at,
+            on_poll=self._watch(task.id, provider_task_id),
         )
         return self._url_of(result)
 

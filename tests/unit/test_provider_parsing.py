@@ -43,3 +43,47 @@ def test_partial_results_keep_failed_entries_apart_from_urls() -> None:
     )
     assert result.urls == ["https://x/1.png"] and result.billed_images == 1
     assert result.results[1].code == "DataInspectionFailed"
+
+
+def test_without_history_polling_follows_the_sdk_rhythm_from_an_immediate_query() -> None:
+    from itertools import islice
+
+    from services.provider.dashscope import PollPlanner
+
+    assert list(islice(PollPlanner().delays(elapsed_s=0.0), 11)) == [
+        0,
+        1,
+        1,
+        2,
+        2,
+        2,
+        4,
+        4,
+        4,
+        5,
+        5,
+    ]
+
+
+def test_with_history_the_first_poll_goes_out_when_tasks_usually_finish() -> None:
+    from itertools import islice
+
+    from services.provider.dashscope import PollPlanner
+
+    planner = PollPlanner()
+    planner.observe(10.0)
+    delays = list(islice(planner.delays(elapsed_s=0.5), 8))
+    assert delays[0] == 9.0  # 0.95 x 10 s, less the 0.5 s already gone
+    assert delays[1:7] == [1.0] * 6 and delays[7] == 1
+    assert list(islice(planner.delays(elapsed_s=None), 2)) == [0, 1], (
+        "a resumed poll knows no start"
+    )
+
+
+def test_the_expected_duration_follows_recent_tasks() -> None:
+    from services.provider.dashscope import PollPlanner
+
+    planner = PollPlanner()
+    for duration in (10.0, 10.0, 20.0):
+        planner.observe(duration)
+    assert planner.expected_s == 12.0
