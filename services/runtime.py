@@ -97,9 +97,9 @@ class Wiring:
 
 @asynccontextmanager
 async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
-    engine = make_engine(
-        settings.database_url, pool_size=settings.prefetch + 10, max_overflow=INTAKE_PREFETCH
-    )
+    # A connection per held provider slot, plus room for the transactions around them.
+    held = min(settings.prefetch, settings.max_concurrent)
+    engine = make_engine(settings.database_url, pool_size=held + 10, max_overflow=INTAKE_PREFETCH)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
         connection = await aio_pika.connect_robust(

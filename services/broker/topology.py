@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
 from statemachine import ErrorKind, retry_delay_s
@@ -134,10 +133,33 @@ class Topology:
             await channel.exchange_delete(exchange)
 
 
+@dataclass(frozen=True)
+class QueueCounts:
+    messages: int
+    consumers: int
+
+
+async def queue_counts(channel: AbstractChannel, name: str) -> QueueCounts:
+    """Ready messages and consumers of a queue, as the broker says right now.
+
+    A passive declare on the underlying channel: aio-pika's robust channel remembers
+    declared queues and would answer a repeated ``declare_queue`` with the first counts.
+    """
+    underlay = await channel.get_underlay_channel()
+    declared = await underlay.queue_declare(queue=name, passive=True)
+    return QueueCounts(int(declared.message_count or 0), int(declared.consumer_count or 0))
+
+
 async def queue_depth(channel: AbstractChannel, name: str) -> int:
-    """Messages ready in a queue (a passive declare: it never creates the queue)."""
-    declared = await channel.declare_queue(name, passive=True)
-    return int(declared.declaration_result.message_count or 0)
+    """Messages ready in a queue (it is never created by asking)."""
+    return (await queue_counts(channel, name)).messages
 
 
-__all__ = ["IMAGE_ROUTING_KEY", "RetryQueue", "Topology", "aio_pika", "queue_depth"]
+__all__ = [
+    "IMAGE_ROUTING_KEY",
+    "QueueCounts",
+    "RetryQueue",
+    "Topology",
+    "queue_counts",
+    "queue_depth",
+]

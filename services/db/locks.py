@@ -47,17 +47,18 @@ class ProviderSlots:
 
     @asynccontextmanager
     async def hold(self, image_id: int) -> AsyncIterator[bool]:
-        """Hold image ``image_id`` and then a global slot for the length of the block.
+        """Hold a global slot and then image ``image_id`` for the length of the block.
 
-        Yields False at once (holding nothing) when another worker already holds the image.
+        Yields False (holding nothing) when another worker already holds the image. While
+        all slots are busy no connection is kept: each try borrows one from the pool.
         """
-        async with translated(), self.engine.connect() as pooled:
-            conn = await pooled.execution_options(isolation_level="AUTOCOMMIT")
+        async with translated():
+            conn = await self._take_slot()
             try:
-                if not (await conn.execute(_TRY, {"c": self.image_class, "o": image_id})).scalar():
+                got = (await conn.execute(_TRY, {"c": self.image_class, "o": image_id})).scalar()
+                if not got:
                     yield False
                     return
-                await self._take_slot(conn)
                 metrics.SLOTS_IN_USE.inc()
                 try:
                     yield True
@@ -65,17 +66,29 @@ class ProviderSlots:
                     metrics.SLOTS_IN_USE.dec()
             finally:
                 await self._release_all(conn)
+                await conn.close()
 
-    async def _take_slot(self, conn: AsyncConnection) -> int:
+    async def _take_slot(self) -> AsyncConnection:
+        """A connection holding one slot's lock (waiting, with backoff, while none is free)."""
         started = time.monotonic()
         pause = 0.005
         while True:
-            offset = random.randrange(self.size)
-            params = {"n": self.size, "c": self.slot_class, "offset": offset}
-            slot = (await conn.execute(_TAKE_SLOT, params)).scalar()
+            conn = await self.engine.connect()
+            try:
+                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                params = {
+                    "n": self.size,
+                    "c": self.slot_class,
+                    "offset": random.randrange(self.size),
+                }
+                slot = (await conn.execute(_TAKE_SLOT, params)).scalar()
+            except BaseException:
+                await conn.invalidate()
+                raise
             if slot is not None:
                 metrics.SLOT_WAIT_SECONDS.observe(time.monotonic() - started)
-                return int(slot)
+                return conn
+            await conn.close()
             await asyncio.sleep(pause * (1 + random.random()))
             pause = min(pause * 2, 0.2)
 

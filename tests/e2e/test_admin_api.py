@@ -162,6 +162,30 @@ async def test_queue_status_reports_slots_and_queues(api: httpx.AsyncClient) -> 
     assert all(isinstance(v, int) and v >= 0 for v in data.values())
 
 
+async def test_queue_status_counts_what_is_in_the_dead_queue_now(
+    api: httpx.AsyncClient, service: Wiring
+) -> None:
+    import aio_pika
+
+    before = (await api.get("/api/queue/status")).json()["data"]["dead"]
+    channel = await service.connection.channel()
+    await channel.default_exchange.publish(
+        aio_pika.Message(b"parked by a test"), routing_key=service.topology.dead_queue
+    )
+    for _ in range(50):
+        after = (await api.get("/api/queue/status")).json()["data"]["dead"]
+        if after == before + 1:
+            break
+        await asyncio.sleep(0.05)
+    assert after == before + 1
+    queue = await channel.get_queue(service.topology.dead_queue)
+    while (message := await queue.get(fail=False)) is not None:  # others return on close
+        if message.body == b"parked by a test":
+            await message.ack()
+            break
+    await channel.close()
+
+
 async def test_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:
     answer = await api.get("/metrics")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")

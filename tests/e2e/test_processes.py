@@ -16,7 +16,7 @@ import aio_pika
 import pytest
 from sqlalchemy.engine import make_url
 
-from services.broker.topology import Topology
+from services.broker.topology import Topology, queue_counts
 from services.config import Settings
 from services.db.engine import drop_database, ensure_database
 from services.db.migrate import upgrade
@@ -67,8 +67,7 @@ class Cluster:
     async def consumers(self) -> int:
         channel = await self.wired.connection.channel()
         try:
-            queue = await channel.declare_queue(self.wired.topology.images_queue, passive=True)
-            return int(queue.declaration_result.consumer_count or 0)
+            return (await queue_counts(channel, self.wired.topology.images_queue)).consumers
         finally:
             await channel.close()
 
@@ -177,11 +176,11 @@ async def test_purged_image_messages_are_dispatched_again_by_the_reconciler(
     channel = await cluster.wired.connection.channel()
     queue = await channel.get_queue(cluster.wired.topology.images_queue)
     for _ in range(100):  # the relay publishes the image messages right after the event
-        if (
-            await channel.declare_queue(queue.name, passive=True)
-        ).declaration_result.message_count == 2:
+        if (await queue_counts(channel, queue.name)).messages == 2:
             break
         await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the image messages never reached the queue")
     await queue.purge()
     await channel.close()
 

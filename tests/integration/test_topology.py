@@ -102,3 +102,19 @@ async def test_an_expired_retry_returns_to_the_images_queue(
             pytest.fail("the retry never came back to the images queue")
     finally:
         await topology.delete(await connection.channel())
+
+
+async def test_queue_counts_are_read_fresh_on_every_call(
+    connection: AbstractRobustConnection, topology: Topology
+) -> None:
+    from services.broker.topology import queue_counts
+
+    channel = await connection.channel()
+    await topology.declare(channel)
+    assert (await queue_counts(channel, topology.dead_queue)).messages == 0
+    await channel.default_exchange.publish(aio_pika.Message(b"x"), routing_key=topology.dead_queue)
+    for _ in range(50):
+        if (await queue_counts(channel, topology.dead_queue)).messages == 1:
+            break
+        await asyncio.sleep(0.02)
+    assert (await queue_counts(channel, topology.dead_queue)).messages == 1

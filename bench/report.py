@@ -1,0 +1,215 @@
+"""Writes the results: results.json (merged across runs), RESULTS.md and results.png."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import aiormq
+import asyncpg
+import psutil
+from sqlalchemy.engine import make_url
+
+from bench.harness import AMQP_URL, DATABASE_URL
+
+
+async def _versions() -> dict[str, str]:
+    conn = await asyncpg.connect(
+        make_url(DATABASE_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    postgres = str(await conn.fetchval("SHOW server_version"))
+    await conn.close()
+    amqp = await aiormq.connect(AMQP_URL)
+    rabbit = amqp.server_properties.get("version", b"?")
+    await amqp.close()
+    return {
+        "postgresql": postgres,
+        "rabbitmq": rabbit.decode() if isinstance(rabbit, bytes) else str(rabbit),
+    }
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        **asyncio.run(_versions()),
+    }
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    keys = list(rows[0])
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    meta, results = data["meta"], data["results"]
+    mode = "smoke mode: figures only prove the benchmarks run" if meta["smoke"] else "full run"
+    out = [
+        "# Benchmark results",
+        "",
+        f"Run on {meta['date']} with `{meta['command']}` ({mode}).",
+        "",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in meta["machine"].items()) + ".",
+        "Absolute figures drift between runs on this shared 2-core machine; the ratios against",
+        "the baselines measured in the same invocation are the comparable figures.",
+        "",
+    ]
+    if "throughput" in results:
+        t = results["throughput"]
+        out += [
+            "## 1. Throughput (zero provider latency, limits lifted)",
+            "",
+            _table(t["rows"]),
+            "",
+            f"Targets: {t['targets']}.",
+            "",
+        ]
+    if "utilization" in results:
+        u = dict(results["utilization"])
+        targets = u.pop("targets")
+        out += [
+            "## 2. Provider utilization (0.5 s per image, 3 running, MAX_CONCURRENT 3)",
+            "",
+            _table([u]),
+            "",
+            f"Targets: {targets}.",
+            "",
+        ]
+    if "storm" in results:
+        s = results["storm"]
+        rows = [{"system": k, **v} for k, v in s.items() if isinstance(v, dict) and k != "targets"]
+        out += [
+            "## 3. Rate-limit storm (4 submits/s, 4 running, tiers x 0.1)",
+            "",
+            _table(rows),
+            "",
+            f"Makespan ratio (original / project): {s['makespan_ratio']}. Targets: {s['targets']}.",
+            "",
+        ]
+    if "latency" in results:
+        lat = dict(results["latency"])
+        targets = lat.pop("targets")
+        out += [
+            "## 4. Latency overhead (half of scenario 1's throughput, zero provider latency)",
+            "",
+            _table([lat]),
+            "",
+            f"Targets: {targets}.",
+            "",
+        ]
+    if "memory" in results:
+        m = results["memory"]
+        rows = [
+            {
+                "process": p,
+                f"peak MB, {m['backlogs'][0]} tasks": m["peak_rss_mb_small"][p],
+                f"peak MB, {m['backlogs'][1]} tasks": m["peak_rss_mb_large"].get(p),
+                "growth": m["growth_ratio"].get(p),
+            }
+            for p in m["peak_rss_mb_small"]
+        ]
+        out += [
+            "## 5. Memory under backlog (one worker draining)",
+            "",
+            _table(rows),
+            "",
+            f"Targets: {m['targets']}, flat across backlog sizes.",
+            "",
+        ]
+    if data.get("notes"):
+        out += ["## Notes", "", *data["notes"], ""]
+    return "\n".join(out)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    if "throughput" in results:
+        rows = results["throughput"]["rows"]
+        ax = axes[0][0]
+        labels = [f"{r['processes']} proc" for r in rows]
+        x = range(len(rows))
+        ax.bar(
+            [i - 0.2 for i in x], [r["project_images_per_s"] for r in rows], 0.4, label="project"
+        )
+        ax.bar([i + 0.2 for i in x], [r["floor_images_per_s"] for r in rows], 0.4, label="floor")
+        ax.set_xticks(list(x), labels)
+        ax.set_title("Throughput (images/s)")
+        ax.legend()
+    if "utilization" in results:
+        u = results["utilization"]
+        ax = axes[0][1]
+        ax.bar(["project", "original"], [u["project_utilization"], u["original_utilization"]])
+        ax.axhline(0.95, color="grey", linestyle="--", label="target 0.95")
+        ax.set_ylim(0, 1.05)
+        ax.set_title("Provider utilization (achieved / ideal)")
+        ax.legend()
+    if "storm" in results:
+        s = results["storm"]
+        ax = axes[1][0]
+        names = ["project", "original"]
+        ax.bar(
+            [i - 0.2 for i in range(2)],
+            [s[n]["makespan_s"] for n in names],
+            0.4,
+            label="makespan s",
+        )
+        ax.bar(
+            [i + 0.2 for i in range(2)], [s[n]["throttled_429"] for n in names], 0.4, label="429s"
+        )
+        ax.set_xticks(range(2), names)
+        ax.set_title("Rate-limit storm")
+        ax.legend()
+    if "memory" in results:
+        m = results["memory"]
+        ax = axes[1][1]
+        procs = list(m["peak_rss_mb_small"])
+        ax.bar(
+            [i - 0.2 for i in range(len(procs))],
+            [m["peak_rss_mb_small"][p] for p in procs],
+            0.4,
+            label=f"{m['backlogs'][0]} tasks",
+        )
+        ax.bar(
+            [i + 0.2 for i in range(len(procs))],
+            [m["peak_rss_mb_large"].get(p, 0) for p in procs],
+            0.4,
+            label=f"{m['backlogs'][1]} tasks",
+        )
+        ax.set_xticks(range(len(procs)), procs)
+        ax.set_title("Peak RSS (MB) under backlog")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write(results: dict[str, Any], out: Path, command: str, smoke: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    store = out / "results.json"
+    data: dict[str, Any] = json.loads(store.read_text()) if store.exists() else {"results": {}}
+    data["results"].update(results)
+    data["meta"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": command,
+        "smoke": smoke,
+        "machine": machine(),
+    }
+    store.write_text(json.dumps(data, indent=2) + "\n")
+    (out / "RESULTS.md").write_text(markdown(data))
+    plot(data["results"], out / "results.png")

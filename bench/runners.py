@@ -1,0 +1,199 @@
+"""Run the project, the floor baseline or the original baseline on a fresh stage, and
+measure: wall time from the first publish to the last final event, CPU of the service
+processes, what the simulator counted, and what the database stored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from bench.baselines import floor as floor_baseline
+from bench.baselines import original as original_baseline
+from bench.harness import RssSampler, Stage, Watcher, cpu_seconds, log, publish, tasks
+from services.broker.topology import Topology
+
+
+@dataclass
+class Run:
+    system: str
+    processes: int
+    tasks: int
+    images_requested: int
+    seconds: float = 0.0
+    images_stored: int = 0
+    tasks_failed: int = 0
+    cpu_seconds: float = 0.0
+    submits: int = 0
+    throttled: int = 0
+    billed: int = 0
+    peak_running: int = 0
+    latencies_s: list[float] = field(default_factory=list, repr=False)
+    peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    finished: bool = True
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images_stored / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_per_image_ms(self) -> float:
+        return 1000 * self.cpu_seconds / self.images_stored if self.images_stored else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("latencies_s")
+        data["images_per_s"] = round(self.images_per_s, 1)
+        data["cpu_per_image_ms"] = round(self.cpu_per_image_ms, 2)
+        data["seconds"] = round(self.seconds, 2)
+        data["cpu_seconds"] = round(self.cpu_seconds, 2)
+        return data
+
+
+async def _count(stage: Stage, sql: str) -> int:
+    url = make_url(stage.database_url).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        return int(await conn.fetchval(sql))
+    finally:
+        await conn.close()
+
+
+async def _wait(watcher: Watcher, expected: int, seconds: float) -> bool:
+    return await watcher.until(lambda: len(watcher.finished) >= expected, seconds)
+
+
+def _timing(run: Run, watcher: Watcher) -> None:
+    if watcher.published and watcher.finished:
+        first = min(watcher.published.values())
+        last = max(t for t, _ in watcher.finished.values())
+        run.seconds = last - first
+        run.latencies_s = [
+            watcher.finished[t][0] - p
+            for t, p in watcher.published.items()
+            if t in watcher.finished
+        ]
+    run.tasks_failed = sum(
+        1 for _, kind in watcher.finished.values() if kind != "task.status.images_ready"
+    )
+
+
+async def _sim_counts(stage: Stage, run: Run) -> None:
+    stats = await stage.sim_stats()
+    run.submits, run.throttled = stats["submits"], stats["throttled"]
+    run.billed, run.peak_running = stats["billed_images"], stats["peak_running"]
+
+
+async def project(
+    count: int,
+    *,
+    workers: int = 1,
+    sim: dict[str, object],
+    settings: dict[str, object],
+    rate_per_s: float | None = None,
+    image_count: int = 4,
+    seconds: float = 600,
+) -> Run:
+    stage = await Stage.open("project")
+    run = Run("project", workers, count, count * image_count)
+    try:
+        await stage.start_simulator(**sim)
+        service = await stage.start_service(workers, **settings)
+        assert stage.connection is not None
+        channel = await stage.connection.channel(publisher_confirms=True)
+        watcher = await Watcher.attach(await stage.connection.channel(), stage.namespace)
+        rss = RssSampler(stage.processes)
+        rss.start()
+        cpu_before = cpu_seconds(service)
+        started = time.monotonic()
+        await publish(
+            channel,
+            Topology(stage.namespace).tasks_exchange,
+            "task.created",
+            tasks(count, "bench prompt", image_count),
+            watcher,
+            rate_per_s,
+        )
+        run.finished = await _wait(watcher, count, seconds)
+        if not run.finished:
+            log(f"project: only {len(watcher.finished)}/{count} tasks finished")
+        run.cpu_seconds = cpu_seconds(service) - cpu_before
+        run.peak_rss_mb = await rss.stop()
+        _timing(run, watcher)
+        if not run.seconds:
+            run.seconds = time.monotonic() - started
+        run.images_stored = await _count(
+            stage, "SELECT count(*) FROM task_images WHERE url IS NOT NULL"
+        )
+        await _sim_counts(stage, run)
+    finally:
+        await stage.close()
+    return run
+
+
+async def floor(
+    count: int, *, consumers: int = 1, image_count: int = 4, seconds: float = 600
+) -> Run:
+    stage = await Stage.open("floor")
+    run = Run("floor", consumers, count, count * image_count)
+    queue = floor_baseline.queue_name(stage.namespace)
+    try:
+        env = stage.env()
+        procs = [
+            stage.spawn(f"floor{i}", ["-m", "bench.baselines.floor"], env) for i in range(consumers)
+        ]
+        await stage.wait_consumers(queue, consumers)
+        assert stage.connection is not None
+        channel = await stage.connection.channel(publisher_confirms=True)
+        watcher = await Watcher.attach(await stage.connection.channel(), stage.namespace)
+        messages = [
+            {"task_id": t["task_id"], "index": i}
+            for t in tasks(count, "floor", image_count)
+            for i in range(image_count)
+        ]
+        cpu_before = cpu_seconds(procs)
+        first = time.monotonic()
+        await publish(channel, "", queue, messages)
+        expected = len(messages)
+        run.finished = await watcher.until(
+            lambda: watcher.counts.get("floor.image.ready", 0) >= expected, seconds
+        )
+        run.seconds = time.monotonic() - first
+        run.cpu_seconds = cpu_seconds(procs) - cpu_before
+        run.images_stored = await _count(stage, "SELECT count(*) FROM floor_images")
+    finally:
+        await stage.close([queue])
+    return run
+
+
+async def original(
+    count: int,
+    *,
+    sim: dict[str, object],
+    settings: dict[str, object],
+    image_count: int = 4,
+    seconds: float = 600,
+) -> Run:
+    stage = await Stage.open("original")
+    run = Run("original", 1, count, count * image_count)
+    queue = original_baseline.queue_name(stage.namespace)
+    try:
+        await stage.start_simulator(**sim)
+        process = stage.spawn("original", ["-m", "bench.baselines.original"], stage.env(**settings))
+        await stage.wait_consumers(queue, 1)
+        assert stage.connection is not None
+        channel = await stage.connection.channel(publisher_confirms=True)
+        watcher = await Watcher.attach(await stage.connection.channel(), stage.namespace)
+        cpu_before = cpu_seconds([process])
+        await publish(channel, "", queue, tasks(count, "bench prompt", image_count), watcher)
+        run.finished = await _wait(watcher, count, seconds)
+        run.cpu_seconds = cpu_seconds([process]) - cpu_before
+        _timing(run, watcher)
+        run.images_stored = await _count(stage, "SELECT count(*) FROM orig_images")
+        await _sim_counts(stage, run)
+    finally:
+        await stage.close([queue])
+    return run

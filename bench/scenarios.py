@@ -1,0 +1,172 @@
+"""The five benchmark scenarios. Each returns its figures and the baseline's, measured in
+the same invocation, with their ratio; ``smoke`` shrinks each to about ten seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import asyncpg
+from sqlalchemy.engine import make_url
+
+from bench import runners
+from bench.harness import RssSampler, Stage, log, percentile, publish, tasks
+from services.broker.topology import Topology, queue_counts
+
+LIFTED = {"max_concurrent": 64, "provider_query_rate_per_s": 0, "worker_prefetch": 64}
+
+
+async def throughput(smoke: bool) -> dict[str, Any]:
+    """2,000 tasks x 4 images, zero provider latency, limits lifted: images/s for 1 and 2
+    worker processes against the floor with as many consumer processes."""
+    count = 40 if smoke else 2000
+    rows = []
+    for processes in (1, 2):
+        log(f"throughput: project with {processes} worker process(es), {count} tasks")
+        ours = await runners.project(count, workers=processes, sim={"latency": 0}, settings=LIFTED)
+        log(f"throughput: floor with {processes} consumer process(es)")
+        base = await runners.floor(count, consumers=processes)
+        rows.append(
+            {
+                "processes": processes,
+                "project_images_per_s": round(ours.images_per_s, 1),
+                "floor_images_per_s": round(base.images_per_s, 1),
+                "ratio_to_floor": round(ours.images_per_s / base.images_per_s, 3),
+                "project_cpu_ms_per_image": round(ours.cpu_per_image_ms, 2),
+                "floor_cpu_ms_per_image": round(base.cpu_per_image_ms, 2),
+                "images_stored": ours.images_stored,
+                "billed": ours.billed,
+            }
+        )
+    return {"rows": rows, "targets": {"images_per_s_2p": 400, "ratio_to_floor_2p": 0.35}}
+
+
+async def utilization(smoke: bool) -> dict[str, Any]:
+    """Provider at 0.5 s per image and 3 running, MAX_CONCURRENT 3: images/s against the
+    ideal 3 / 0.5 s = 6/s, for the project and the original pipeline."""
+    count = 6 if smoke else 75
+    sim = {"latency": 0.5, "running_limit": 3}
+    settings = {"max_concurrent": 3}
+    ideal = 3 / 0.5
+    log(f"utilization: project, {count * 4} images")
+    ours = await runners.project(count, sim=sim, settings=settings)
+    log(f"utilization: original, {count * 4} images")
+    base = await runners.original(count, sim=sim, settings=settings)
+    return {
+        "ideal_images_per_s": ideal,
+        "project_images_per_s": round(ours.images_per_s, 2),
+        "original_images_per_s": round(base.images_per_s, 2),
+        "project_utilization": round(ours.images_per_s / ideal, 3),
+        "original_utilization": round(base.images_per_s / ideal, 3),
+        "ratio": round(ours.images_per_s / base.images_per_s, 2),
+        "targets": {"utilization": 0.95},
+    }
+
+
+async def storm(smoke: bool) -> dict[str, Any]:
+    """100 tasks x 4 images at once against 4 submissions/s and 4 running tasks, retry
+    tiers scaled by 0.1: makespan, submits and billing per stored image, 429s."""
+    count = 8 if smoke else 100
+    sim = {"rate": 4, "running_limit": 4, "latency": 0.25}
+    settings = {"retry_ttl_scale": 0.1}
+    out: dict[str, Any] = {}
+    for name, runner in (("project", runners.project), ("original", runners.original)):
+        log(f"storm: {name}, {count} tasks")
+        run = await runner(count, sim=sim, settings=settings)
+        stored = max(run.images_stored, 1)
+        out[name] = {
+            "makespan_s": round(run.seconds, 1),
+            "images_stored": run.images_stored,
+            "tasks_failed": run.tasks_failed,
+            "submits_per_stored_image": round(run.submits / stored, 2),
+            "throttled_429": run.throttled,
+            "billed_per_stored_image": round(run.billed / stored, 3),
+            "finished": run.finished,
+        }
+    out["makespan_ratio"] = round(
+        out["original"]["makespan_s"] / max(out["project"]["makespan_s"], 0.001), 2
+    )
+    out["targets"] = {"billed_per_stored_image": 1.0}
+    return out
+
+
+async def latency(smoke: bool, images_per_s: float | None = None) -> dict[str, Any]:
+    """At half the throughput of scenario 1 (2 worker processes), per-task end-to-end time
+    with a zero-latency provider: an upper bound of the pipeline's own overhead."""
+    if images_per_s is None:
+        log("latency: measuring throughput first")
+        probe = await runners.project(
+            40 if smoke else 600, workers=2, sim={"latency": 0}, settings=LIFTED
+        )
+        images_per_s = probe.images_per_s
+    tasks_per_s = images_per_s / 2 / 4
+    seconds = 5 if smoke else 30
+    count = max(4, int(tasks_per_s * seconds))
+    log(f"latency: {count} tasks at {tasks_per_s:.1f} tasks/s")
+    run = await runners.project(
+        count, workers=2, sim={"latency": 0}, settings=LIFTED, rate_per_s=tasks_per_s
+    )
+    ms = [1000 * v for v in run.latencies_s]
+    return {
+        "offered_tasks_per_s": round(tasks_per_s, 1),
+        "tasks": len(ms),
+        "p50_ms": round(percentile(ms, 50), 1),
+        "p95_ms": round(percentile(ms, 95), 1),
+        "p99_ms": round(percentile(ms, 99), 1),
+        "targets": {"p99_ms": 50},
+    }
+
+
+async def _backlog_peak(count: int, drain_s: float) -> dict[str, float]:
+    stage = await Stage.open("memory")
+    try:
+        await stage.start_simulator(latency=0.2)
+        await stage.start_service(1, max_concurrent=2)
+        rss = RssSampler(stage.processes)
+        rss.start()
+        assert stage.connection is not None
+        channel = await stage.connection.channel(publisher_confirms=True)
+        topology = Topology(stage.namespace)
+        await publish(channel, topology.tasks_exchange, "task.created", tasks(count, "backlog"))
+        url = make_url(stage.database_url).set(drivername="postgresql")
+        conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:  # wait until the whole backlog is queued
+            intake = await queue_counts(channel, topology.intake_queue)
+            rows = await conn.fetchval("SELECT count(*) FROM outbox")
+            if intake.messages == 0 and rows < 50:
+                break
+            await asyncio.sleep(1)
+        await conn.close()
+        await asyncio.sleep(drain_s)  # one worker draining the backlog
+        peaks = await rss.stop()
+        return {k: v for k, v in peaks.items() if k != "simulator"}
+    finally:
+        await stage.close()
+
+
+async def memory(smoke: bool) -> dict[str, Any]:
+    """Peak RSS per process with a small and a large backlog queued, one worker draining."""
+    small, large = (100, 1000) if smoke else (5000, 50000)
+    drain = 2 if smoke else 20
+    log(f"memory: backlog of {small} tasks")
+    low = await _backlog_peak(small, drain)
+    log(f"memory: backlog of {large} tasks")
+    high = await _backlog_peak(large, drain)
+    return {
+        "backlogs": [small, large],
+        "peak_rss_mb_small": low,
+        "peak_rss_mb_large": high,
+        "growth_ratio": {k: round(high[k] / low[k], 2) for k in low if low[k]},
+        "targets": {"peak_rss_mb": 250},
+    }
+
+
+SCENARIOS = {
+    "throughput": throughput,
+    "utilization": utilization,
+    "storm": storm,
+    "latency": latency,
+    "memory": memory,
+}
