@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     """Task queries per second per process (DashScope allows 20 per account); 0 lifts it."""
     worker_prefetch: int = Field(default=0, ge=0, le=1000)
     """Unacked image messages per worker process; 0 means twice max_concurrent."""
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    """Pooled PostgreSQL connections per process (and as many again in overflow)."""
     reconcile_interval_s: float = Field(default=60.0, gt=0)
     reconcile_stale_after_s: float = Field(default=600.0, gt=0)
     """An unfinished image untouched this long, with no worker on it, is dispatched again."""

@@ -97,9 +97,9 @@ class Wiring:
 
 @asynccontextmanager
 async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
-    # A connection per held provider slot, plus room for the transactions around them.
-    held = min(settings.prefetch, settings.max_concurrent)
-    engine = make_engine(settings.database_url, pool_size=held + 10, max_overflow=INTAKE_PREFETCH)
+    engine = make_engine(
+        settings.database_url, pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size
+    )
     async with AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
         connection = await aio_pika.connect_robust(
@@ -113,6 +113,8 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
         publisher = Publisher(
             await connection.channel(publisher_confirms=True, on_return_raises=True)
         )
+        slots = ProviderSlots(engine, settings.namespace, settings.max_concurrent)
+        stack.push_async_callback(slots.close)
         yield Wiring(
             settings=settings,
             repo=Repository(engine),
@@ -120,7 +122,7 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
             events=Events(topology),
             connection=connection,
             publisher=publisher,
-            slots=ProviderSlots(engine, settings.namespace, settings.max_concurrent),
+            slots=slots,
         )
 
 

@@ -1,7 +1,12 @@
 """Global provider slots and per-image exclusivity, as PostgreSQL session advisory locks.
 
-A lock lives as long as the session that took it, so a worker that crashes (or loses its
-connection) gives its slots back by itself: no lease to expire, no token to recover.
+Each process keeps one dedicated "keeper" connection that holds every slot and image lock
+the process owns. A lock lives as long as that session, so a process that crashes (or
+loses the connection) gives its slots back by itself: no lease to expire, no token to
+recover, and no connection held per in-flight provider call.
+
+Session advisory locks are re-entrant: the keeper could take the same key twice. The
+process therefore remembers which slots and images it holds and never asks for them again.
 """
 
 from __future__ import annotations
@@ -17,18 +22,18 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services import metrics
-from services.db.errors import translated
+from services.db.errors import DatabaseUnavailable, translated
 
-_TAKE_SLOT = text(
-    "SELECT s FROM generate_series(0, :n - 1) AS s "
-    "WHERE pg_try_advisory_lock(:c, (s + :offset) % :n) LIMIT 1"
-)
-_TRY = text("SELECT pg_try_advisory_lock(:c, :o)")
+# One round trip: a free slot (not one this process holds), then the image (migration 0002).
+_ACQUIRE = text("SELECT imagegen_acquire(:c, :n, :offset, CAST(:held AS int[]), :ic, :image)")
+_RELEASE = text("SELECT pg_advisory_unlock(:c, :s), pg_advisory_unlock(:ic, :image)")
+IMAGE_HELD_ELSEWHERE = -1
 _RUNNING = text(
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
     "AND classid::bigint = :c AND objsubid = 2 "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
+MAX_PAUSE_S = 0.2
 
 
 def lock_classes(namespace: str) -> tuple[int, int]:
@@ -44,64 +49,107 @@ class ProviderSlots:
         self.engine = engine
         self.size = size
         self.slot_class, self.image_class = lock_classes(namespace)
+        self._keeper: AsyncConnection | None = None
+        self._generation = 0
+        """Raised whenever the keeper is replaced: locks of an older one are gone already."""
+        self._io = asyncio.Lock()
+        self._slots: set[int] = set()
+        self._images: set[int] = set()
+        self._released = asyncio.Event()
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[AsyncConnection]:
+        """The keeper, exclusively: local bookkeeping is read and changed only in here, so
+        it always matches what the session holds."""
+        async with self._io, translated():
+            if self._keeper is None or self._keeper.closed:
+                conn = await self.engine.connect()
+                self._keeper = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                self._generation += 1
+                self._slots.clear()  # a new session holds nothing
+            try:
+                yield self._keeper
+            except BaseException:
+                keeper, self._keeper = self._keeper, None
+                await keeper.invalidate()
+                raise
 
     @asynccontextmanager
     async def hold(self, image_id: int) -> AsyncIterator[bool]:
-        """Hold a global slot and then image ``image_id`` for the length of the block.
+        """Hold a global slot and image ``image_id`` for the length of the block.
 
-        Yields False (holding nothing) when another worker already holds the image. While
-        all slots are busy no connection is kept: each try borrows one from the pool.
+        Yields False (holding nothing) when another worker already holds the image.
         """
-        async with translated():
-            conn = await self._take_slot()
+        if image_id in self._images:
+            yield False
+            return
+        self._images.add(image_id)
+        try:
+            acquired = await self._acquire(image_id)
+            if acquired is None:
+                yield False
+                return
+            slot, generation = acquired
+            metrics.SLOTS_IN_USE.inc()
             try:
-                got = (await conn.execute(_TRY, {"c": self.image_class, "o": image_id})).scalar()
-                if not got:
-                    yield False
-                    return
-                metrics.SLOTS_IN_USE.inc()
-                try:
-                    yield True
-                finally:
-                    metrics.SLOTS_IN_USE.dec()
+                yield True
             finally:
-                await self._release_all(conn)
-                await conn.close()
+                metrics.SLOTS_IN_USE.dec()
+                await self._release(slot, image_id, generation)
+        finally:
+            self._images.discard(image_id)
 
-    async def _take_slot(self) -> AsyncConnection:
-        """A connection holding one slot's lock (waiting, with backoff, while none is free)."""
+    async def _acquire(self, image_id: int) -> tuple[int, int] | None:
         started = time.monotonic()
         pause = 0.005
         while True:
-            conn = await self.engine.connect()
-            try:
-                conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            self._released.clear()
+            async with self._session() as keeper:
                 params = {
                     "n": self.size,
-                    "c": self.slot_class,
                     "offset": random.randrange(self.size),
+                    "held": sorted(self._slots),
+                    "c": self.slot_class,
+                    "ic": self.image_class,
+                    "image": image_id,
                 }
-                slot = (await conn.execute(_TAKE_SLOT, params)).scalar()
-            except BaseException:
-                await conn.invalidate()
-                raise
-            if slot is not None:
-                metrics.SLOT_WAIT_SECONDS.observe(time.monotonic() - started)
-                return conn
-            await conn.close()
-            await asyncio.sleep(pause * (1 + random.random()))
-            pause = min(pause * 2, 0.2)
+                slot = (await keeper.execute(_ACQUIRE, params)).scalar()
+                if slot == IMAGE_HELD_ELSEWHERE:
+                    return None
+                if slot is not None:
+                    self._slots.add(int(slot))
+                    metrics.SLOT_WAIT_SECONDS.observe(time.monotonic() - started)
+                    return int(slot), self._generation
+            # Every slot is taken: wait for one of ours to free, or back off for others'.
+            try:
+                await asyncio.wait_for(self._released.wait(), pause * (1 + random.random()))
+            except TimeoutError:
+                pause = min(pause * 2, MAX_PAUSE_S)
 
-    @staticmethod
-    async def _release_all(conn: AsyncConnection) -> None:
+    async def _release(self, slot: int, image_id: int, generation: int) -> None:
         try:
-            await conn.execute(text("SELECT pg_advisory_unlock_all()"))
-        except BaseException:
-            # A pooled connection must never keep a lock: close it, the server frees them.
-            await conn.invalidate()
-            raise
+            async with self._session() as keeper:
+                if generation == self._generation:  # else the session that held them is gone
+                    self._slots.discard(slot)
+                    params = {
+                        "c": self.slot_class,
+                        "s": slot,
+                        "ic": self.image_class,
+                        "image": image_id,
+                    }
+                    await keeper.execute(_RELEASE, params)
+        except DatabaseUnavailable:
+            pass  # the keeper died, and the locks with it
+        finally:
+            self._released.set()
 
     async def running(self) -> int:
         """Slots held right now, by every process."""
         async with translated(), self.engine.connect() as conn:
             return int((await conn.execute(_RUNNING, {"c": self.slot_class})).scalar() or 0)
+
+    async def close(self) -> None:
+        async with self._io:
+            if self._keeper is not None:
+                await self._keeper.close()
+                self._keeper = None

@@ -1,0 +1,108 @@
+"""Global provider slots on real PostgreSQL: never more holders than slots across
+processes (each process has its own keeper session), one holder per image, and nothing
+left locked afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.db.engine import make_engine
+from services.db.locks import ProviderSlots
+
+
+@pytest.fixture
+async def engines(database: str) -> AsyncIterator[list[AsyncEngine]]:
+    engines = [make_engine(database, pool_size=2, max_overflow=2) for _ in range(2)]
+    yield engines
+    for engine in engines:
+        await engine.dispose()
+
+
+async def test_two_keepers_never_hold_more_slots_than_the_limit(engines: list[AsyncEngine]) -> None:
+    namespace = f"slots-{uuid.uuid4().hex[:8]}"
+    processes = [ProviderSlots(engine, namespace, size=3) for engine in engines]
+    inside = peak = done = 0
+
+    async def job(slots: ProviderSlots, image: int) -> None:
+        nonlocal inside, peak, done
+        async with slots.hold(image) as held:
+            assert held
+            inside += 1
+            peak = max(peak, inside)
+            assert await slots.running() <= 3
+            await asyncio.sleep(random.random() * 0.02)
+            inside -= 1
+        done += 1
+
+    await asyncio.wait_for(
+        asyncio.gather(*(job(random.choice(processes), i) for i in range(60))), 30
+    )
+    assert (done, peak) == (60, 3)
+    assert await processes[0].running() == 0, "every slot was given back"
+    for slots in processes:
+        await slots.close()
+
+
+async def test_an_image_has_one_holder_in_a_process_and_across_processes(
+    engines: list[AsyncEngine],
+) -> None:
+    namespace = f"slots-{uuid.uuid4().hex[:8]}"
+    first, other = (ProviderSlots(engine, namespace, size=4) for engine in engines)
+    async with first.hold(7) as held:
+        assert held
+        async with first.hold(7) as again:
+            assert not again, "the same process"
+        async with other.hold(7) as elsewhere:
+            assert not elsewhere, "another process"
+        assert await first.running() == 1, "a refused image gives its slot back"
+    async with other.hold(7) as later:
+        assert later
+    await first.close()
+    await other.close()
+
+
+async def test_a_closed_keeper_gives_its_slots_back(engines: list[AsyncEngine]) -> None:
+    namespace = f"slots-{uuid.uuid4().hex[:8]}"
+    crashed, survivor = (ProviderSlots(engine, namespace, size=1) for engine in engines)
+    entered = asyncio.Event()
+
+    async def hold_forever() -> None:
+        async with crashed.hold(1):
+            entered.set()
+            await asyncio.sleep(60)
+
+    holder = asyncio.create_task(hold_forever())
+    await entered.wait()
+    assert await survivor.running() == 1
+    assert crashed._keeper is not None
+    await crashed._keeper.invalidate()  # the session dies, as with a killed process
+    holder.cancel()
+    async with survivor.hold(2) as held:
+        assert held
+    await survivor.close()
+
+
+async def test_each_acquire_takes_exactly_one_slot_lock(engines: list[AsyncEngine]) -> None:
+    slots = ProviderSlots(engines[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
+    holds = [slots.hold(100 + i) for i in range(3)]
+    for hold in holds:
+        assert await hold.__aenter__()
+    async with engines[1].connect() as conn:
+        locks = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = :c"
+            ),
+            {"c": slots.slot_class},
+        )
+    assert locks == 3
+    for hold in holds:
+        await hold.__aexit__(None, None, None)
+    assert await slots.running() == 0
+    await slots.close()
