@@ -13,13 +13,34 @@ import aio_pika
 import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from services.aio import wait_any
 from services.broker.publisher import Publisher
 from services.config import Settings
+from services.db.engine import drop_database, ensure_database, make_engine
+from services.db.migrate import upgrade
 from services.db.models import outbox
 from services.db.repository import Outgoing, Repository
 from services.outbox.relay import Relay
+
+
+@pytest.fixture(scope="module")
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """A database of its own: no other relay (the e2e service's) may drain this outbox."""
+    url = make_url(settings.database_url)
+    own = url.set(database=f"{url.database}_relay").render_as_string(hide_password=False)
+    await ensure_database(own)
+    await upgrade(own)
+    yield own
+    await drop_database(own)
+
+
+@pytest.fixture(scope="module")
+async def repo(database: str) -> AsyncIterator[Repository]:
+    engine = make_engine(database)
+    yield Repository(engine)
+    await engine.dispose()
 
 
 @pytest.fixture
