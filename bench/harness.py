@@ -21,6 +21,7 @@ import aio_pika
 import httpx
 import psutil
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection, DeliveryMode
+from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy.engine import make_url
 
 from services.broker.topology import Topology, queue_counts
@@ -93,6 +94,12 @@ class Stage:
     def spawn(self, name: str, args: list[str], env: dict[str, str]) -> psutil.Popen:
         logs = ROOT / "bench" / "results" / "tmp"
         logs.mkdir(parents=True, exist_ok=True)
+        profiled = os.environ.get("IMAGEGEN_BENCH_PROFILE", "")
+        if profiled and name.startswith(tuple(profiled.split(","))):
+            # cProfile counts a coroutine only while it runs, so its totals are CPU, not
+            # waiting; the report is written when the process exits (gracefully on SIGTERM).
+            report = logs / f"profile-{self.name}-{name}.prof"
+            args = ["-m", "cProfile", "-o", str(report), *args]
         with (logs / f"{self.namespace}-{name}.log").open("wb") as stderr:
             process = psutil.Popen(
                 [sys.executable, *args], env=env, cwd=ROOT, stdout=stderr, stderr=stderr
@@ -151,8 +158,11 @@ class Stage:
         try:
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
-                if (await queue_counts(channel, queue)).consumers >= count:
-                    return
+                try:
+                    if (await queue_counts(channel, queue)).consumers >= count:
+                        return
+                except ChannelNotFoundEntity:  # not declared yet by the process starting up
+                    channel = await self.connection.channel()
                 for name, process in self.processes.items():
                     if process.poll() is not None:
                         raise RuntimeError(f"{name} exited with {process.returncode}")

@@ -137,6 +137,7 @@ class Events:
             body={
                 "task_id": image.task_id,
                 "index": image.index,
+                "image_id": image.id,
                 "dispatch": image.dispatch,
                 "attempt": image.attempts,
             },

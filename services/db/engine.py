@@ -10,12 +10,11 @@ from services.db.errors import translated
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
+    # No pre-ping: it costs a round trip per transaction, and a disconnect already makes
+    # SQLAlchemy discard every older pooled connection, while the failed operation is
+    # retried through the broker (DatabaseUnavailable requeues the message).
     return create_async_engine(
-        url,
-        pool_size=pool_size,
-        max_overflow=max_overflow,
-        pool_pre_ping=True,
-        pool_recycle=1800,
+        url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
     )
 
 

@@ -168,6 +168,25 @@ class Tx:
         rows = (await self.conn.execute(stmt.order_by(task_images.c.index))).mappings()
         return [ImageRow.of(r) for r in rows]
 
+    async def get_task_and_image(
+        self, task_id: str, index: int
+    ) -> tuple[TaskRow | None, ImageRow | None]:
+        """Both rows in one round trip."""
+        image_columns = [c.label(f"image_{c.name}") for c in task_images.c]
+        stmt = (
+            select(tasks, *image_columns)
+            .outerjoin(
+                task_images,
+                (task_images.c.task_id == tasks.c.id) & (task_images.c.index == index),
+            )
+            .where(tasks.c.id == task_id)
+        )
+        row = (await self.conn.execute(stmt)).mappings().first()
+        if row is None:
+            return None, None
+        image = {c.name: row[f"image_{c.name}"] for c in task_images.c}
+        return TaskRow.of(row), ImageRow.of(image) if image["id"] is not None else None
+
     async def get_image(self, task_id: str, index: int) -> ImageRow | None:
         stmt = select(task_images).where(
             task_images.c.task_id == task_id, task_images.c.index == index
@@ -326,6 +345,12 @@ class Repository:
     async def transaction(self) -> AsyncIterator[Tx]:
         async with translated(), self.engine.begin() as conn:
             yield Tx(conn)
+
+    @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[Tx]:
+        """For one statement that is atomic by itself: no BEGIN/COMMIT round trips."""
+        async with translated(), self.engine.connect() as conn:
+            yield Tx(await conn.execution_options(isolation_level="AUTOCOMMIT"))
 
     async def atomic(self, work: Callable[[Tx], Awaitable[T]], tries: int = 50) -> T:
         """Run ``work`` in a transaction, again in a fresh one each time it raises

@@ -42,6 +42,7 @@ PROVIDER_ID_WRITE_TRIES = 8
 class ImageMessage:
     task_id: str
     index: int
+    image_id: int
     dispatch: int
     attempt: int
 
@@ -52,6 +53,7 @@ class ImageMessage:
             message = cls(
                 task_id=value["task_id"],
                 index=value["index"],
+                image_id=value["image_id"],
                 dispatch=value["dispatch"],
                 attempt=value["attempt"],
             )
@@ -59,7 +61,7 @@ class ImageMessage:
             raise Reject(f"invalid image message: {exc.__class__.__name__}: {exc}") from None
         if not isinstance(message.task_id, str) or not all(
             isinstance(v, int) and not isinstance(v, bool)
-            for v in (message.index, message.dispatch, message.attempt)
+            for v in (message.index, message.image_id, message.dispatch, message.attempt)
         ):
             raise Reject("invalid image message: wrong field types")
         return message
@@ -87,16 +89,14 @@ class ImageWorker:
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         msg = ImageMessage.parse(message.body)
-        _, image = await self._check(msg)  # cheap early exit, before waiting for a slot
-        fields = {"task_id": msg.task_id, "image_index": msg.index, "attempt": image.attempts}
-        async with self.slots.hold(image.id) as held:
+        fields = {"task_id": msg.task_id, "image_index": msg.index, "attempt": msg.attempt}
+        async with self.slots.hold(msg.image_id) as held:
             if not held:
                 raise Drop(f"image {msg.task_id}/{msg.index} is held by another worker")
             try:
-                task, image = await self._check(msg)  # again, now that nobody else can act
+                task, image = await self._begin(msg)
                 log.info("image started", action="image_started", **fields)
                 try:
-                    task = await self._start(task)
                     url = await self._generate(task, image)
                 except ProviderError as exc:
                     await self._failed(msg, image, exc)
@@ -105,36 +105,28 @@ class ImageWorker:
             finally:
                 log.info("slot freed", action="slot_freed", **fields)
 
-    async def _check(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow]:
-        async with self.repo.transaction() as tx:
-            task = await tx.get_task(msg.task_id)
-            image = await tx.get_image(msg.task_id, msg.index)
-        if task is None or image is None:
-            raise Reject(f"image message for unknown task or image {msg.task_id}/{msg.index}")
-        if not task.active:
-            raise Drop(f"task {task.id} is {task.status.value}; image {msg.index} not needed")
-        if image.stored:
-            raise Drop(f"image {task.id}/{msg.index} is already stored")
-        if image.dispatch != msg.dispatch:
-            raise Drop(f"stale message for {task.id}/{msg.index} (dispatch {msg.dispatch})")
-        return task, image
+    async def _begin(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow]:
+        """Check the message is still live and, for a task's first image, start the task:
+        one transaction, taken while this worker holds the image and a slot."""
 
-    async def _start(self, task: TaskRow) -> TaskRow:
-        if task.status is TaskStatus.GENERATING_IMAGES:
-            return task
-
-        async def work(tx: Tx) -> TaskRow:
-            current = await tx.get_task(task.id)
-            if current is None or not current.active:
-                raise Drop(f"task {task.id} ended before its first image")
-            if current.status is TaskStatus.GENERATING_IMAGES:
-                return current
-            row = await tx.transition(current, Trigger.START)
-            if row is None:
-                raise LostRace()
-            await tx.add_outbox([self.events.changed(row, current.status)])
-            log.info("task started", action="task_started", task_id=task.id)
-            return row
+        async def work(tx: Tx) -> tuple[TaskRow, ImageRow]:
+            task, image = await tx.get_task_and_image(msg.task_id, msg.index)
+            if task is None or image is None or image.id != msg.image_id:
+                raise Reject(f"image message for unknown task or image {msg.task_id}/{msg.index}")
+            if not task.active:
+                raise Drop(f"task {task.id} is {task.status.value}; image {msg.index} not needed")
+            if image.stored:
+                raise Drop(f"image {task.id}/{msg.index} is already stored")
+            if image.dispatch != msg.dispatch:
+                raise Drop(f"stale message for {task.id}/{msg.index} (dispatch {msg.dispatch})")
+            if task.status is TaskStatus.PENDING:
+                started = await tx.transition(task, Trigger.START)
+                if started is None:
+                    raise LostRace()
+                await tx.add_outbox([self.events.changed(started, task.status)])
+                log.info("task started", action="task_started", task_id=task.id)
+                task = started
+            return task, image
 
         return await self.repo.atomic(work)
 
@@ -178,7 +170,7 @@ class ImageWorker:
         # The submit is paid for: losing its id would mean paying again, so insist a while.
         for attempt in range(PROVIDER_ID_WRITE_TRIES):
             try:
-                async with self.repo.transaction() as tx:
+                async with self.repo.autocommit() as tx:
                     await tx.set_provider_task(image, provider_task_id)
                 return
             except DatabaseUnavailable:
@@ -220,8 +212,7 @@ class ImageWorker:
 
     async def _store(self, msg: ImageMessage, url: str) -> None:
         async def work(tx: Tx) -> TaskRow:
-            task = await tx.get_task(msg.task_id)
-            image = await tx.get_image(msg.task_id, msg.index)
+            task, image = await tx.get_task_and_image(msg.task_id, msg.index)
             if task is None or image is None:
                 raise Reject(f"task {msg.task_id} vanished while its image was generated")
             if image.stored:
@@ -260,8 +251,7 @@ class ImageWorker:
         error = str(exc)
 
         async def work(tx: Tx) -> RetryLater | FailNow:
-            task = await tx.get_task(msg.task_id)
-            current = await tx.get_image(msg.task_id, msg.index)
+            task, current = await tx.get_task_and_image(msg.task_id, msg.index)
             if task is None or current is None or not task.active:
                 raise Drop(
                     f"task {msg.task_id} already ended; failure of image {msg.index} ignored"
