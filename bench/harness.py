@@ -63,7 +63,11 @@ class Stage:
         await ensure_database(stage.database_url)
         await upgrade(stage.database_url)
         stage.connection = await aio_pika.connect_robust(stage.amqp_url)
-        await Topology(stage.namespace).declare(await stage.connection.channel())
+        # Only what the baselines need; the service declares its own topology at start.
+        channel = await stage.connection.channel()
+        await channel.declare_exchange(
+            Topology(stage.namespace).status_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
         return stage
 
     async def close(self, extra_queues: Iterable[str] = ()) -> None:

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     provider_poll_timeout_s: float = Field(default=600.0, gt=0)
     """Longest wait for one provider task to finish before it counts as a transient failure."""
     poll_schedule_scale: float = Field(default=1.0, gt=0, le=1.0)
+    provider_submit_rate_per_s: float = Field(default=2.0, ge=0)
+    """Submits per second across every worker (DashScope: 2/s per account for wanx2.1 and
+    wan2.2 models, 5/s for wan2.5); 0 lifts it and leaves pacing to the 429 tiers."""
     provider_query_rate_per_s: float = Field(default=20.0, ge=0)
     """Task queries per second per process (DashScope allows 20 per account); 0 lifts it."""
     worker_prefetch: int = Field(default=0, ge=0, le=1000)

@@ -24,6 +24,7 @@ from services.broker.topology import Topology
 from services.config import Settings
 from services.db.engine import make_engine
 from services.db.locks import ProviderSlots
+from services.db.pacing import SubmitPacer
 from services.db.repository import Repository
 from services.events import Events
 from services.intake.consumer import IntakeHandler
@@ -177,7 +178,10 @@ async def run(
             await consume(Role.INTAKE, wired.topology.intake_queue, handler, INTAKE_PREFETCH)
         if Role.WORKER in roles:
             client = await stack.enter_async_context(provider_client(settings))
-            worker = ImageWorker(settings, wired.repo, wired.slots, client, wired.events)
+            pacer = SubmitPacer(
+                wired.repo.engine, settings.namespace, settings.provider_submit_rate_per_s
+            )
+            worker = ImageWorker(settings, wired.repo, wired.slots, client, wired.events, pacer)
             await consume(Role.WORKER, wired.topology.images_queue, worker, settings.prefetch)
         if Role.ADMIN in roles:
             from services.admin.server import serve_admin

@@ -50,6 +50,7 @@ def settings(urls: ServiceUrls, run_id: str) -> Settings:
         amqp_url=urls.amqp_url,
         namespace=f"test-{run_id}",
         retry_ttl_scale=0.005,
+        provider_submit_rate_per_s=0,
         poll_schedule_scale=0.02,
         outbox_poll_interval_s=0.2,
         reconcile_interval_s=0.5,

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, ExchangeType
+from aiormq.exceptions import ChannelPreconditionFailed
 
+from services.broker.errors import BrokerError
 from statemachine import ErrorKind, retry_delay_s
 from statemachine.retry import TIER_COUNT
 
@@ -93,6 +95,15 @@ class Topology:
 
     async def declare(self, channel: AbstractChannel) -> None:
         """Declare everything, durable; safe to repeat at every start."""
+        try:
+            await self._declare(channel)
+        except ChannelPreconditionFailed as exc:
+            raise BrokerError(
+                f"the broker's {self.namespace} topology differs from this process's "
+                f"({exc}); processes of one namespace must share IMAGEGEN_RETRY_TTL_SCALE"
+            ) from None
+
+    async def _declare(self, channel: AbstractChannel) -> None:
         tasks = await channel.declare_exchange(
             self.tasks_exchange, ExchangeType.TOPIC, durable=True
         )

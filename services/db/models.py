@@ -107,6 +107,16 @@ class OutboxMessage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
+class ProviderPacing(Base):
+    """When the next provider submit may go out, shared by every worker of a namespace."""
+
+    __tablename__ = "provider_pacing"
+
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    next_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
 tasks = cast(Table, Task.__table__)
 task_images = cast(Table, TaskImage.__table__)
 outbox = cast(Table, OutboxMessage.__table__)
+provider_pacing = cast(Table, ProviderPacing.__table__)

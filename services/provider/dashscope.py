@@ -12,6 +12,7 @@ import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -70,6 +71,8 @@ class TaskResult:
     message: str | None = None
     billed_images: int | None = None
     request_id: str | None = None
+    run_s: float | None = None
+    """``end_time`` less ``submit_time``, as the provider reports them (when it does)."""
 
     @property
     def urls(self) -> list[str]:
@@ -84,10 +87,12 @@ def poll_delays(scale: float = 1.0) -> Iterator[float]:
 class PollPlanner:
     """When to poll a task just submitted: at the duration recent tasks took, then in short
     steps, then the SDK's rhythm. A slot is held until completion is *seen*, so polling
-    1-4 s late leaves a paid-for concurrency slot idle; polling early wastes queries."""
+    1-4 s late leaves a paid-for concurrency slot idle; polling early wastes queries.
 
-    FIRST_AT = 0.95
-    """Fraction of the expected duration at which the first poll goes out."""
+    Durations come from the provider's own ``submit_time``/``end_time`` where it reports
+    them: the moment we *saw* completion depends on when we polled, and learning from it
+    would only confirm the current guess."""
+
     STEPS = 6
 
     def __init__(self, scale: float = 1.0) -> None:
@@ -105,8 +110,8 @@ class PollPlanner:
             yield 0.0  # the SDK queries at once, then sleeps
             yield from poll_delays(self.scale)
             return
-        yield max(0.0, expected * self.FIRST_AT - elapsed_s)
-        step = max(0.02, expected * 0.1)
+        yield max(0.0, expected - elapsed_s)
+        step = max(0.02, expected * 0.05)
         for _ in range(self.STEPS):
             yield step
         yield from poll_delays(self.scale)
@@ -153,6 +158,20 @@ def _http_error(response: httpx.Response) -> ProviderHTTPError:
     )
 
 
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def _provider_seconds(output: dict[str, Any]) -> float | None:
+    """How long the provider took, from its own timestamps (same clock, so no zone needed)."""
+    try:
+        start = datetime.strptime(str(output["submit_time"]), _TIME_FORMAT)
+        end = datetime.strptime(str(output["end_time"]), _TIME_FORMAT)
+    except (KeyError, ValueError):
+        return None
+    seconds = (end - start).total_seconds()
+    return seconds if seconds >= 0 else None
+
+
 def parse_task(body: dict[str, Any]) -> TaskResult:
     """Read a query answer; every field but ``task_id`` and ``task_status`` is optional."""
     output = body.get("output")
@@ -181,6 +200,7 @@ def parse_task(body: dict[str, Any]) -> TaskResult:
         message=_str(output.get("message")),
         billed_images=billed if isinstance(billed, int) else None,
         request_id=_str(body.get("request_id")),
+        run_s=_provider_seconds(output),
     )
 
 
@@ -324,7 +344,8 @@ class DashScopeClient:
                 pass
             if result is not None and result.status.terminal:
                 if submitted_at is not None and result.status is ProviderTaskStatus.SUCCEEDED:
-                    self.planner.observe(time.monotonic() - submitted_at)
+                    seen = time.monotonic() - submitted_at
+                    self.planner.observe(result.run_s if result.run_s is not None else seen)
                 return result
             if on_poll is not None:
                 await on_poll(result)

@@ -21,6 +21,7 @@ from services.broker.errors import Drop, Reject
 from services.config import Settings
 from services.db.errors import DatabaseUnavailable, LostRace
 from services.db.locks import ProviderSlots
+from services.db.pacing import SubmitPacer
 from services.db.repository import ImageRow, Repository, TaskRow, Tx
 from services.events import Events
 from services.logs import get_logger
@@ -80,12 +81,14 @@ class ImageWorker:
         slots: ProviderSlots,
         client: DashScopeClient,
         events: Events,
+        pacer: SubmitPacer,
     ) -> None:
         self.settings = settings
         self.repo = repo
         self.slots = slots
         self.client = client
         self.events = events
+        self.pacer = pacer
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         msg = ImageMessage.parse(message.body)
@@ -134,6 +137,7 @@ class ImageWorker:
         provider_task_id = image.provider_task_id
         submitted_at: float | None = None
         if provider_task_id is None:
+            await self.pacer.wait()
             submitted_at = time.monotonic()
             try:
                 submitted = await self.client.submit(task.prompt, n=1)

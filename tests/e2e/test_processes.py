@@ -34,25 +34,32 @@ class Cluster:
     bus: Bus
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
-    def env(self) -> dict[str, str]:
+    def env(self, **extra: str) -> dict[str, str]:
         s = self.settings
-        return os.environ | {
-            "IMAGEGEN_DATABASE_URL": s.database_url,
-            "IMAGEGEN_AMQP_URL": s.amqp_url,
-            "IMAGEGEN_NAMESPACE": s.namespace,
-            "IMAGEGEN_MAX_CONCURRENT": str(s.max_concurrent),
-            "IMAGEGEN_RETRY_TTL_SCALE": str(s.retry_ttl_scale),
-            "IMAGEGEN_POLL_SCHEDULE_SCALE": str(s.poll_schedule_scale),
-            "IMAGEGEN_LOG_FORMAT": "json",
-            "DASHSCOPE_API_KEY": SIM_KEY,
-            "DASHSCOPE_BASE_URL": s.dashscope_base_url,
-        }
+        return (
+            os.environ
+            | extra
+            | {
+                "IMAGEGEN_DATABASE_URL": s.database_url,
+                "IMAGEGEN_AMQP_URL": s.amqp_url,
+                "IMAGEGEN_NAMESPACE": s.namespace,
+                "IMAGEGEN_MAX_CONCURRENT": str(s.max_concurrent),
+                "IMAGEGEN_RETRY_TTL_SCALE": str(s.retry_ttl_scale),
+                "IMAGEGEN_POLL_SCHEDULE_SCALE": str(s.poll_schedule_scale),
+                "IMAGEGEN_PROVIDER_SUBMIT_RATE_PER_S": extra.get(
+                    "IMAGEGEN_PROVIDER_SUBMIT_RATE_PER_S", str(s.provider_submit_rate_per_s)
+                ),
+                "IMAGEGEN_LOG_FORMAT": "json",
+                "DASHSCOPE_API_KEY": SIM_KEY,
+                "DASHSCOPE_BASE_URL": s.dashscope_base_url,
+            }
+        )
 
-    async def start_worker(self) -> subprocess.Popen[bytes]:
+    async def start_worker(self, **extra_env: str) -> subprocess.Popen[bytes]:
         before = await self.consumers()
         worker = subprocess.Popen(
             [sys.executable, "-m", "services", "worker"],
-            env=self.env(),
+            env=self.env(**extra_env),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -193,3 +200,23 @@ async def test_purged_image_messages_are_dispatched_again_by_the_reconciler(
 
     assert (await cluster.bus.final(task_id, timeout=60))["status"] == "IMAGES_READY"
     assert sim.sim.stats.submits_by_prompt[prompt] == 2
+
+
+async def test_two_workers_together_keep_the_configured_submit_pace(
+    cluster: Cluster, sim: RunningSimulator, workers_stopped: None
+) -> None:
+    # The provider allows 5 submits/s with no burst at all; the workers, between them, keep
+    # to 4/s (some headroom absorbs the jitter of timers and HTTP).
+    sim.sim.configure({"rate_per_s": 5, "burst": 1, "latency_s": 0.05})
+    pace = {"IMAGEGEN_PROVIDER_SUBMIT_RATE_PER_S": "4"}
+    await cluster.start_worker(**pace)
+    await cluster.start_worker(**pace)
+    prompt = _prompt("paced")
+    started = asyncio.get_running_loop().time()
+    tasks = [await cluster.bus.create(prompt) for _ in range(3)]
+    for task_id in tasks:
+        assert (await cluster.bus.final(task_id, timeout=60))["status"] == "IMAGES_READY"
+
+    assert sim.sim.stats.throttled == 0, "paced submits never hit the provider's limit"
+    assert sim.sim.stats.submits_by_prompt[prompt] == 12
+    assert asyncio.get_running_loop().time() - started >= 11 / 4 - 0.2

@@ -73,8 +73,8 @@ def test_with_history_the_first_poll_goes_out_when_tasks_usually_finish() -> Non
     planner = PollPlanner()
     planner.observe(10.0)
     delays = list(islice(planner.delays(elapsed_s=0.5), 8))
-    assert delays[0] == 9.0  # 0.95 x 10 s, less the 0.5 s already gone
-    assert delays[1:7] == [1.0] * 6 and delays[7] == 1
+    assert delays[0] == 9.5  # the expected 10 s, less the 0.5 s already gone
+    assert delays[1:7] == [0.5] * 6 and delays[7] == 1
     assert list(islice(planner.delays(elapsed_s=None), 2)) == [0, 1], (
         "a resumed poll knows no start"
     )
@@ -87,3 +87,18 @@ def test_the_expected_duration_follows_recent_tasks() -> None:
     for duration in (10.0, 10.0, 20.0):
         planner.observe(duration)
     assert planner.expected_s == 12.0
+
+
+def test_the_provider_run_time_comes_from_its_own_timestamps() -> None:
+    result = parse_task(
+        {
+            "output": {
+                "task_id": "t1",
+                "task_status": "SUCCEEDED",
+                "submit_time": "2025-01-08 16:03:59.840",
+                "end_time": "2025-01-08 16:04:05.340",
+            },
+        }
+    )
+    assert result.run_s == 5.5
+    assert parse_task({"output": {"task_id": "t", "task_status": "SUCCEEDED"}}).run_s is None

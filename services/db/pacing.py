@@ -1,0 +1,43 @@
+"""Spacing provider submits across every worker process.
+
+DashScope limits submissions per account (2/s for the wanx2.1 models); going over earns a
+429 and a 30 s retry tier, and a sustained burst can exhaust an image's retries. Each
+submit reserves the next free moment in one shared row, so all workers together keep the
+account's pace; 429 handling stays as the backstop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.db.errors import translated
+
+_RESERVE = text(
+    "INSERT INTO provider_pacing (namespace, next_at)"
+    " VALUES (:ns, clock_timestamp() + make_interval(secs => :gap))"
+    " ON CONFLICT (namespace) DO UPDATE SET next_at ="
+    " greatest(provider_pacing.next_at, clock_timestamp()) + make_interval(secs => :gap)"
+    " RETURNING extract(epoch FROM next_at - clock_timestamp()) - :gap"
+)
+
+
+class SubmitPacer:
+    def __init__(self, engine: AsyncEngine, namespace: str, rate_per_s: float) -> None:
+        self.engine = engine
+        self.namespace = namespace
+        self.gap_s = 1 / rate_per_s if rate_per_s > 0 else 0.0
+
+    async def wait(self) -> float:
+        """Wait for this submit's turn; returns the seconds waited."""
+        if not self.gap_s:
+            return 0.0
+        async with translated(), self.engine.connect() as conn:
+            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            params = {"ns": self.namespace, "gap": self.gap_s}
+            delay = float((await conn.execute(_RESERVE, params)).scalar() or 0.0)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return max(delay, 0.0)
