@@ -24,7 +24,7 @@ from services.config import Settings
 from services.db.engine import make_engine
 from services.db.errors import RepositoryError
 from services.db.locks import ProviderSlots
-from services.db.repository import NewTask, Repository
+from services.db.repository import Repository
 from services.events import Events
 from services.intake.commands import CancelOutcome, Conflict, cancel_task, create_task
 from services.intake.schema import (
@@ -230,15 +230,8 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
             )
         except InvalidRequest as exc:
             raise ApiError(400, str(exc)) from None
-        new = NewTask(
-            id=checked.task_id,
-            user_id=checked.user_id,
-            prompt=checked.prompt,
-            image_count=checked.image_count,
-            meta=checked.metadata,
-        )
         try:
-            created = await create_task(deps.repo, deps.events, new, deps.slots)
+            created = await create_task(deps.repo, deps.events, checked.new_task(), deps.slots)
         except Conflict as exc:
             raise ApiError(409, str(exc)) from None
         return ok(task_view(created.task, []), queue=await queue_summary(deps))

@@ -23,19 +23,24 @@ class LostRace(RepositoryError):
     """Another writer changed the task first; read again and decide again."""
 
 
+# Worth retrying later: the server is away, restarting, full, or the transaction lost a
+# conflict it may win next time. Anything else is a bug or bad data, and is not retried.
 _UNAVAILABLE = (
     OSError,
     TimeoutError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
-    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InterfaceError,
     asyncpg.exceptions.TooManyConnectionsError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
 )
 
 
 def _is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError):
         return True
     cause: BaseException | None = exc
     while cause is not None:
@@ -54,7 +59,13 @@ async def translated() -> AsyncIterator[None]:
         yield
     except RepositoryError:
         raise
-    except (sa_exc.SQLAlchemyError, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+    except (
+        sa_exc.SQLAlchemyError,
+        asyncpg.PostgresError,
+        asyncpg.exceptions.InterfaceError,
+        OSError,
+        TimeoutError,
+    ) as exc:
         if _is_unavailable(exc):
             raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
         raise RepositoryError(f"database error: {exc}") from exc

@@ -126,6 +126,15 @@ _ENTERED_AT = {
 }
 
 
+def _compare_and_set(task: TaskRow) -> Any:
+    """An UPDATE that only matches the task as it was read: same status, same version."""
+    return update(tasks).where(
+        tasks.c.id == task.id,
+        tasks.c.status == task.status.value,
+        tasks.c.version == task.version,
+    )
+
+
 class Tx:
     """One transaction; obtained from ``Repository.transaction()``."""
 
@@ -208,12 +217,7 @@ class Tx:
         if target is not task.status and target in _ENTERED_AT:
             values.setdefault(_ENTERED_AT[target], func.now())
         stmt = (
-            update(tasks)
-            .where(
-                tasks.c.id == task.id,
-                tasks.c.status == task.status.value,
-                tasks.c.version == task.version,
-            )
+            _compare_and_set(task)
             .values(
                 status=target.value,
                 version=tasks.c.version + 1,
@@ -229,12 +233,7 @@ class Tx:
     async def touch(self, task: TaskRow) -> TaskRow | None:
         """Raise the version (an event without a status change), if nobody changed the task."""
         stmt = (
-            update(tasks)
-            .where(
-                tasks.c.id == task.id,
-                tasks.c.status == task.status.value,
-                tasks.c.version == task.version,
-            )
+            _compare_and_set(task)
             .values(version=tasks.c.version + 1, updated_at=func.now())
             .returning(tasks)
         )

@@ -6,7 +6,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from services.broker.errors import Drop, Reject
 from services.db.locks import ProviderSlots
-from services.db.repository import NewTask, Repository
+from services.db.repository import Repository
 from services.events import Events
 from services.intake.commands import Conflict, cancel_task, create_task
 from services.intake.schema import (
@@ -55,14 +55,7 @@ class IntakeHandler:
                 created = validate(TaskCreated, value)
             except InvalidRequest as exc:
                 raise rejected(f"invalid task.created: {exc}") from None
-            new = NewTask(
-                id=created.task_id,
-                user_id=created.user_id,
-                prompt=created.prompt,
-                image_count=created.image_count,
-                meta=created.metadata,
-                correlation_id=correlation_id,
-            )
+            new = created.new_task(correlation_id)
             try:
                 result = await create_task(self.repo, self.events, new, self.slots)
             except Conflict as exc:

@@ -15,6 +15,8 @@ from pydantic import (
     field_validator,
 )
 
+from services.db.repository import NewTask
+
 MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 2000
 MAX_METADATA_BYTES = 4 * 1024
@@ -44,6 +46,16 @@ class TaskCreated(BaseModel):
     prompt: str
     image_count: int = Field(default=4, ge=1, le=4)
     metadata: dict[str, Any] | None = None
+
+    def new_task(self, correlation_id: str | None = None) -> NewTask:
+        return NewTask(
+            id=self.task_id,
+            user_id=self.user_id,
+            prompt=self.prompt,
+            image_count=self.image_count,
+            meta=self.metadata,
+            correlation_id=correlation_id,
+        )
 
     @field_validator("user_id")
     @classmethod

@@ -106,6 +106,9 @@ async def test_a_task_created_over_http_is_processed_and_shown_like_the_original
         {"prompt": "x" * 2001},
         {"prompt": 42},
         {"prompt": "ok", "unknown": 1},
+        {"prompt": "ok", "metadata": {"blob": "y" * 5000}},
+        {"prompt": "bell\u0007"},
+        {"prompt": "ok", "imageCount": 5},
     ],
 )
 async def test_bad_task_bodies_answer_400_in_the_original_shape(

@@ -9,7 +9,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-import aio_pika
 import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
 from sqlalchemy import func, select
@@ -41,13 +40,6 @@ async def repo(database: str) -> AsyncIterator[Repository]:
     engine = make_engine(database)
     yield Repository(engine)
     await engine.dispose()
-
-
-@pytest.fixture
-async def connection(settings: Settings) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(settings.amqp_url)
-    yield connection
-    await connection.close()
 
 
 @pytest.fixture

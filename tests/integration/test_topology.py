@@ -13,15 +13,7 @@ from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelPreconditionFailed
 
 from services.broker.topology import IMAGE_ROUTING_KEY, Topology
-from services.config import Settings
 from statemachine import ErrorKind
-
-
-@pytest.fixture
-async def connection(settings: Settings) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(settings.amqp_url)
-    yield connection
-    await connection.close()
 
 
 @pytest.fixture
