@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from services.broker.consumer import Consumer, Handler
 from services.broker.publisher import Publisher
-from services.broker.topology import Topology
+from services.broker.topology import RECONNECT_INTERVAL_S, Topology
 from services.config import Settings
 from services.db.engine import make_engine
 from services.db.locks import ProviderSlots
@@ -104,7 +104,9 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
     async with AsyncExitStack() as stack:
         stack.push_async_callback(engine.dispose)
         connection = await aio_pika.connect_robust(
-            settings.amqp_url, client_properties={"connection_name": "imagegen"}
+            settings.amqp_url,
+            client_properties={"connection_name": "imagegen"},
+            reconnect_interval=RECONNECT_INTERVAL_S,
         )
         stack.push_async_callback(connection.close)
         topology = Topology(settings.namespace, settings.retry_ttl_scale)

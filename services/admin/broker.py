@@ -11,7 +11,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aio_pika.exceptions import AMQPError
 
 from services.broker.errors import BrokerUnavailable
-from services.broker.topology import Topology, queue_depth
+from services.broker.topology import RECONNECT_INTERVAL_S, Topology, queue_depth
 from services.logs import get_logger
 
 log = get_logger("imagegen.admin")
@@ -34,7 +34,9 @@ class BrokerProbe:
         while self.connection is None:
             try:
                 self.connection = await aio_pika.connect_robust(
-                    self.amqp_url, client_properties={"connection_name": "imagegen-admin"}
+                    self.amqp_url,
+                    client_properties={"connection_name": "imagegen-admin"},
+                    reconnect_interval=RECONNECT_INTERVAL_S,
                 )
             except (TimeoutError, AMQPError, OSError, ConnectionError) as exc:
                 log.warning(

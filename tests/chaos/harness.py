@@ -101,7 +101,9 @@ class Chaos:
         sim.sim.configure({"api_key": PROVIDER_KEY})
         await ensure_database(chaos.settings.database_url)
         await upgrade(chaos.settings.database_url)
-        chaos.connection = await aio_pika.connect_robust(chaos.settings.amqp_url)
+        chaos.connection = await aio_pika.connect_robust(
+            chaos.settings.amqp_url, reconnect_interval=1
+        )
         topology = Topology(chaos.settings.namespace, chaos.settings.retry_ttl_scale)
         channel = await chaos.connection.channel()
         await topology.declare(channel)
@@ -120,6 +122,18 @@ class Chaos:
 
         await queue.consume(record)
         return chaos
+
+    async def channel(self, **kw: Any) -> aio_pika.abc.AbstractChannel:
+        """A channel, once the connection is back (it may be reconnecting after a restart)."""
+        assert self.connection is not None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                return await self.connection.channel(**kw)
+            except (RuntimeError, aio_pika.exceptions.AMQPError, ConnectionError):
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
 
     @property
     def topology(self) -> Topology:
@@ -175,10 +189,9 @@ class Chaos:
         await self.wait_http()
 
     async def wait_consumers(self, queue: str, count: int, seconds: float = 60) -> None:
-        assert self.connection is not None
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            channel = await self.connection.channel()
+            channel = await self.channel()
             try:
                 if (await queue_counts(channel, queue)).consumers >= count:
                     return
@@ -218,8 +231,7 @@ class Chaos:
     async def publish(
         self, routing_key: str, body: bytes | dict[str, Any], message_id: str | None = None
     ) -> str:
-        assert self.connection is not None
-        channel = await self.connection.channel(publisher_confirms=True)
+        channel = await self.channel(publisher_confirms=True)
         try:
             exchange = await channel.get_exchange(self.topology.tasks_exchange)
             message_id = message_id or str(uuid.uuid4())
@@ -338,8 +350,7 @@ class Chaos:
         return False
 
     async def dead_letters(self) -> dict[str, str]:
-        assert self.connection is not None
-        channel = await self.connection.channel()
+        channel = await self.channel()
         queue = await channel.get_queue(self.topology.dead_queue)
         found: dict[str, str] = {}
         while (message := await queue.get(fail=False)) is not None:
@@ -447,7 +458,7 @@ class Chaos:
             except subprocess.TimeoutExpired:
                 process.kill()
         if self.connection is not None:
-            channel = await self.connection.channel()
+            channel = await self.channel()
             await channel.queue_delete(f"{self.topology.namespace}.chaos.subscriber")
             await self.topology.delete(channel)
             await self.connection.close()
