@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.broker.topology import IMAGE_ROUTING_KEY, Topology
-from services.db.repository import ImageRow, Outgoing, TaskRow
+from services.db.rows import ImageRow, Outgoing, TaskRow
 from statemachine import RetryLater, TaskStatus
 
 ATTEMPT_HEADER = "x-imagegen-attempt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from services.db.repository import ImageRow, TaskRow
+from services.db.rows import ImageRow, TaskRow
 
 
 def _iso(value: datetime | None) -> str | None:

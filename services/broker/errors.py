@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.db.repository import Outgoing
+from services.db.rows import Outgoing
 from services.errors import ImagegenError
 
 

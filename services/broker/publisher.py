@@ -11,7 +11,7 @@ from aio_pika.exceptions import AMQPError, DeliveryError, PublishError
 from aiormq.exceptions import AMQPConnectionError, ChannelInvalidStateError
 
 from services.broker.errors import BrokerError, BrokerUnavailable, PublishReturned
-from services.db.repository import Outgoing
+from services.db.rows import Outgoing
 
 
 def encode(body: dict[str, Any]) -> bytes:

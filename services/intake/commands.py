@@ -11,7 +11,8 @@ from enum import StrEnum
 
 from services.db.errors import LostRace
 from services.db.locks import ProviderSlots
-from services.db.repository import NewTask, Repository, TaskRow, Tx
+from services.db.repository import Repository, Tx
+from services.db.rows import NewTask, TaskRow
 from services.errors import ImagegenError
 from services.events import Events
 from services.logs import get_logger

@@ -15,7 +15,7 @@ from pydantic import (
     field_validator,
 )
 
-from services.db.repository import NewTask
+from services.db.rows import NewTask
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 2000

@@ -14,7 +14,8 @@ from services import metrics
 from services.aio import wait_any
 from services.db.errors import RepositoryError
 from services.db.locks import lock_classes
-from services.db.repository import ImageRow, Repository
+from services.db.repository import Repository
+from services.db.rows import ImageRow
 from services.events import Events
 from services.logs import get_logger
 

@@ -140,7 +140,7 @@ async def test_unknown_tasks_answer_404(api: httpx.AsyncClient) -> None:
 async def test_a_pending_task_can_be_cancelled_over_http(
     api: httpx.AsyncClient, service: Wiring
 ) -> None:
-    from services.db.repository import NewTask
+    from services.db.rows import NewTask
     from services.intake.commands import create_task
 
     # Created through the same command as an event; the cancel then races the worker,

@@ -20,7 +20,8 @@ from services.config import Settings
 from services.db.engine import drop_database, ensure_database, make_engine
 from services.db.migrate import upgrade
 from services.db.models import outbox
-from services.db.repository import Outgoing, Repository
+from services.db.repository import Repository
+from services.db.rows import Outgoing
 from services.outbox.relay import Relay
 
 

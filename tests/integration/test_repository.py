@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from services.db.repository import NewTask, Repository, TaskRow
+from services.db.repository import Repository
+from services.db.rows import NewTask, TaskRow
 from statemachine import IllegalTransition, TaskStatus, Trigger
 
 
