@@ -231,7 +231,7 @@ class Tx:
 
 
 @dataclass(frozen=True)
-class QueueCounts:
+class TaskCounts:
     by_status: dict[str, int]
     outbox_rows: int
     outbox_oldest_s: float
@@ -277,7 +277,7 @@ class Repository:
         async with self.transaction() as tx:
             await tx.conn.execute(text("SELECT 1"))
 
-    async def counts(self) -> QueueCounts:
+    async def counts(self) -> TaskCounts:
         async with self.transaction() as tx:
             status_rows = await tx.conn.execute(
                 select(tasks.c.status, func.count()).group_by(tasks.c.status)
@@ -294,7 +294,7 @@ class Repository:
                     )
                 )
             ).one()
-        return QueueCounts(by_status, int(lag[0]), float(lag[1]))
+        return TaskCounts(by_status, int(lag[0]), float(lag[1]))
 
     async def stale_images(self, older_than_s: float, limit: int = 500) -> list[ImageRow]:
         """Unstored images of active tasks that nothing has touched for ``older_than_s``."""
