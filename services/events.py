@@ -34,6 +34,18 @@ class Events:
 
     topology: Topology
 
+    def _event(self, event_type: str, correlation_id: str | None, **fields: Any) -> Outgoing:
+        """The common body of CONTRACT.md §2, with a fresh ``event_id``."""
+        event_id = str(uuid.uuid4())
+        body = {"event_id": event_id, "event_type": event_type, "occurred_at": _now(), **fields}
+        return Outgoing(
+            exchange=self.topology.status_exchange,
+            routing_key=event_type,
+            body=body,
+            message_id=event_id,
+            correlation_id=correlation_id,
+        )
+
     def status(
         self,
         task: TaskRow,
@@ -44,30 +56,21 @@ class Events:
         error: dict[str, str] | None = None,
         retry: dict[str, Any] | None = None,
     ) -> Outgoing:
-        event_id = str(uuid.uuid4())
-        body: dict[str, Any] = {
-            "event_id": event_id,
-            "event_type": event_type,
-            "occurred_at": _now(),
-            "task_id": task.id,
-            "user_id": task.user_id,
-            "status": task.status.value,
-            "previous_status": previous.value if previous else None,
-            "version": task.version,
-            "images": _images(images or []),
-            "images_ready": task.images_ready,
-            "image_count": task.image_count,
-            "error": error,
-            "metadata": task.meta,
-        }
-        if retry is not None:
-            body["retry"] = retry
-        return Outgoing(
-            exchange=self.topology.status_exchange,
-            routing_key=event_type,
-            body=body,
-            message_id=event_id,
-            correlation_id=task.correlation_id,
+        extra = {"retry": retry} if retry is not None else {}
+        return self._event(
+            event_type,
+            task.correlation_id,
+            task_id=task.id,
+            user_id=task.user_id,
+            status=task.status.value,
+            previous_status=previous.value if previous else None,
+            version=task.version,
+            images=_images(images or []),
+            images_ready=task.images_ready,
+            image_count=task.image_count,
+            error=error,
+            metadata=task.meta,
+            **extra,
         )
 
     def changed(self, task: TaskRow, previous: TaskStatus, **kw: Any) -> Outgoing:
@@ -101,28 +104,19 @@ class Events:
         correlation_id: str | None = None,
     ) -> Outgoing:
         """``task.rejected`` / ``task.cancel_rejected``: about a request, so no version."""
-        event_id = str(uuid.uuid4())
-        body: dict[str, Any] = {
-            "event_id": event_id,
-            "event_type": event_type,
-            "occurred_at": _now(),
-            "task_id": task_id,
-            "user_id": task.user_id if task else user_id,
-            "status": task.status.value if task else None,
-            "previous_status": None,
-            "version": None,
-            "images": [],
-            "images_ready": task.images_ready if task else 0,
-            "image_count": task.image_count if task else None,
-            "error": {"code": code, "message": reason},
-            "metadata": task.meta if task else None,
-        }
-        return Outgoing(
-            exchange=self.topology.status_exchange,
-            routing_key=event_type,
-            body=body,
-            message_id=event_id,
-            correlation_id=correlation_id,
+        return self._event(
+            event_type,
+            correlation_id,
+            task_id=task_id,
+            user_id=task.user_id if task else user_id,
+            status=task.status.value if task else None,
+            previous_status=None,
+            version=None,
+            images=[],
+            images_ready=task.images_ready if task else 0,
+            image_count=task.image_count if task else None,
+            error={"code": code, "message": reason},
+            metadata=task.meta if task else None,
         )
 
     def image_message(self, image: ImageRow, retry: RetryLater | None = None) -> Outgoing:
