@@ -274,6 +274,20 @@ class Chaos:
             created.append(task_id)
         return created
 
+    async def create_over_http(self, count: int) -> None:
+        """Tasks through the admin API, while others arrive over AMQP: both doors at once."""
+        for i in range(count):
+            prompt = f"chaos over http {uuid.uuid4().hex[:8]} #{i}"
+            answer = await self.http(
+                "POST",
+                "/api/tasks",
+                json={"prompt": prompt, "userId": "chaos-http"},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+            assert answer.status_code == 201, answer.text
+            self.prompts[answer.json()["data"]["id"]] = prompt
+            self.counters.tasks += 1
+
     async def inject_poison(self) -> None:
         big = "x" * (1024 * 1024)
         conflict_id = next(iter(self.prompts), None)

@@ -41,6 +41,7 @@ async def test_killed_workers_and_provider_faults_lose_nothing_and_pay_nothing_t
     producing = asyncio.create_task(chaos.create_tasks(60))
     await chaos.inject_poison()
     await _hostile_http(chaos)
+    await chaos.create_over_http(10)
     while not producing.done() or chaos.counters.kills < 6:
         await asyncio.sleep(1.5)
         await chaos.kill_random_worker()
