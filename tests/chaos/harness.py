@@ -82,6 +82,7 @@ class Chaos:
     """Text the run produced outside the logs: HTTP bodies, metrics."""
     counters: Counters = field(default_factory=Counters)
     last_event_at: float = 0.0
+    recorder: aio_pika.abc.AbstractChannel | None = None
 
     @classmethod
     async def open(cls, base: Settings, sim: RunningSimulator, name: str) -> Chaos:
@@ -121,6 +122,7 @@ class Chaos:
             await message.ack()
 
         await queue.consume(record)
+        chaos.recorder = channel
         return chaos
 
     async def channel(self, **kw: Any) -> aio_pika.abc.AbstractChannel:
@@ -472,6 +474,9 @@ class Chaos:
             except subprocess.TimeoutExpired:
                 process.kill()
         if self.connection is not None:
+            if self.recorder is not None:
+                # Closed first: a robust channel would declare its queue again after deletion.
+                await self.recorder.close()
             channel = await self.channel()
             await channel.queue_delete(f"{self.topology.namespace}.chaos.subscriber")
             await self.topology.delete(channel)
