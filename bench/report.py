@@ -52,6 +52,10 @@ def _table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _section(title: str, rows: list[dict[str, Any]], footer: str) -> list[str]:
+    return [f"## {title}", "", _table(rows), "", footer, ""]
+
+
 def markdown(data: dict[str, Any]) -> str:
     meta, results = data["meta"], data["results"]
     mode = "smoke mode: figures only prove the benchmarks run" if meta["smoke"] else "full run"
@@ -67,47 +71,35 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     if "throughput" in results:
         t = results["throughput"]
-        out += [
-            "## 1. Throughput (zero provider latency, limits lifted)",
-            "",
-            _table(t["rows"]),
-            "",
+        out += _section(
+            "1. Throughput (zero provider latency, limits lifted)",
+            t["rows"],
             f"Targets: {t['targets']}.",
-            "",
-        ]
+        )
     if "utilization" in results:
         u = dict(results["utilization"])
         targets = u.pop("targets")
-        out += [
-            "## 2. Provider utilization (0.5 s per image, 3 running, MAX_CONCURRENT 3)",
-            "",
-            _table([u]),
-            "",
+        out += _section(
+            "2. Provider utilization (0.5 s per image, 3 running, MAX_CONCURRENT 3)",
+            [u],
             f"Targets: {targets}.",
-            "",
-        ]
+        )
     if "storm" in results:
         s = results["storm"]
         rows = [{"system": k, **v} for k, v in s.items() if isinstance(v, dict) and k != "targets"]
-        out += [
-            "## 3. Rate-limit storm (4 submits/s, 4 running, tiers x 0.1)",
-            "",
-            _table(rows),
-            "",
+        out += _section(
+            "3. Rate-limit storm (4 submits/s, 4 running, tiers x 0.1)",
+            rows,
             f"Makespan ratio (original / project): {s['makespan_ratio']}. Targets: {s['targets']}.",
-            "",
-        ]
+        )
     if "latency" in results:
         lat = dict(results["latency"])
         targets = lat.pop("targets")
-        out += [
-            "## 4. Latency overhead (half of scenario 1's throughput, zero provider latency)",
-            "",
-            _table([lat]),
-            "",
+        out += _section(
+            "4. Latency overhead (half of scenario 1's throughput, zero provider latency)",
+            [lat],
             f"Targets: {targets}.",
-            "",
-        ]
+        )
     if "memory" in results:
         m = results["memory"]
         rows = [
@@ -119,17 +111,30 @@ def markdown(data: dict[str, Any]) -> str:
             }
             for p in m["peak_rss_mb_small"]
         ]
-        out += [
-            "## 5. Memory under backlog (one worker draining)",
-            "",
-            _table(rows),
-            "",
+        out += _section(
+            "5. Memory under backlog (one worker draining)",
+            rows,
             f"Targets: {m['targets']}, flat across backlog sizes.",
-            "",
-        ]
+        )
     if data.get("notes"):
         out += ["## Notes", "", *data["notes"], ""]
     return "\n".join(out)
+
+
+def _pairs(
+    ax: Any,
+    title: str,
+    labels: list[str],
+    left: tuple[str, list[float]],
+    right: tuple[str, list[float]],
+) -> None:
+    """Two bars per label, side by side."""
+    x = range(len(labels))
+    ax.bar([i - 0.2 for i in x], left[1], 0.4, label=left[0])
+    ax.bar([i + 0.2 for i in x], right[1], 0.4, label=right[0])
+    ax.set_xticks(list(x), labels)
+    ax.set_title(title)
+    ax.legend()
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -141,16 +146,13 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     if "throughput" in results:
         rows = results["throughput"]["rows"]
-        ax = axes[0][0]
-        labels = [f"{r['processes']} proc" for r in rows]
-        x = range(len(rows))
-        ax.bar(
-            [i - 0.2 for i in x], [r["project_images_per_s"] for r in rows], 0.4, label="project"
+        _pairs(
+            axes[0][0],
+            "Throughput (images/s)",
+            [f"{r['processes']} proc" for r in rows],
+            ("project", [r["project_images_per_s"] for r in rows]),
+            ("floor", [r["floor_images_per_s"] for r in rows]),
         )
-        ax.bar([i + 0.2 for i in x], [r["floor_images_per_s"] for r in rows], 0.4, label="floor")
-        ax.set_xticks(list(x), labels)
-        ax.set_title("Throughput (images/s)")
-        ax.legend()
     if "utilization" in results:
         u = results["utilization"]
         ax = axes[0][1]
@@ -161,39 +163,24 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.legend()
     if "storm" in results:
         s = results["storm"]
-        ax = axes[1][0]
         names = ["project", "original"]
-        ax.bar(
-            [i - 0.2 for i in range(2)],
-            [s[n]["makespan_s"] for n in names],
-            0.4,
-            label="makespan s",
+        _pairs(
+            axes[1][0],
+            "Rate-limit storm",
+            names,
+            ("makespan s", [s[n]["makespan_s"] for n in names]),
+            ("429s", [s[n]["throttled_429"] for n in names]),
         )
-        ax.bar(
-            [i + 0.2 for i in range(2)], [s[n]["throttled_429"] for n in names], 0.4, label="429s"
-        )
-        ax.set_xticks(range(2), names)
-        ax.set_title("Rate-limit storm")
-        ax.legend()
     if "memory" in results:
         m = results["memory"]
-        ax = axes[1][1]
         procs = list(m["peak_rss_mb_small"])
-        ax.bar(
-            [i - 0.2 for i in range(len(procs))],
-            [m["peak_rss_mb_small"][p] for p in procs],
-            0.4,
-            label=f"{m['backlogs'][0]} tasks",
+        _pairs(
+            axes[1][1],
+            "Peak RSS (MB) under backlog",
+            procs,
+            (f"{m['backlogs'][0]} tasks", [m["peak_rss_mb_small"][p] for p in procs]),
+            (f"{m['backlogs'][1]} tasks", [m["peak_rss_mb_large"].get(p, 0) for p in procs]),
         )
-        ax.bar(
-            [i + 0.2 for i in range(len(procs))],
-            [m["peak_rss_mb_large"].get(p, 0) for p in procs],
-            0.4,
-            label=f"{m['backlogs'][1]} tasks",
-        )
-        ax.set_xticks(range(len(procs)), procs)
-        ax.set_title("Peak RSS (MB) under backlog")
-        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
