@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import asyncpg
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from services.db.errors import translated
+from services.db.errors import is_unavailable, translated
+
+Driver = Any
+"""An ``asyncpg.Connection`` (asyncpg ships no type hints)."""
 
 
 def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
@@ -16,6 +24,31 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> Asy
     return create_async_engine(
         url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800
     )
+
+
+async def driver_of(conn: AsyncConnection) -> Driver:
+    """The asyncpg connection under a pooled SQLAlchemy one, reconnected if it died."""
+    driver = (await conn.get_raw_connection()).driver_connection
+    if driver is None or driver.is_closed():
+        await conn.invalidate()
+        driver = (await conn.get_raw_connection()).driver_connection
+    return driver
+
+
+@asynccontextmanager
+async def checkout(engine: AsyncEngine) -> AsyncIterator[Driver]:
+    """A pooled connection's asyncpg driver, for statements run without SQLAlchemy's
+    execution layer (it cost more CPU per statement than the rest of an image's database
+    work; see docs/ARCHITECTURE.md). The pool still owns the connection: one that failed
+    or was interrupted mid-statement is invalidated rather than handed out again."""
+    async with translated(), engine.connect() as conn:
+        driver = await driver_of(conn)
+        try:
+            yield driver
+        except BaseException as exc:
+            if driver.is_closed() or isinstance(exc, asyncio.CancelledError) or is_unavailable(exc):
+                await conn.invalidate()
+            raise
 
 
 def _plain_dsn(url: str, database: str) -> str:

@@ -31,13 +31,15 @@ _UNAVAILABLE = (
     asyncpg.exceptions.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.InterfaceError,
+    # A connection cut mid-statement can be left mid-protocol before asyncpg sees it closed.
+    asyncpg.exceptions.InternalClientError,
     asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
 )
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
     if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError):
@@ -63,9 +65,10 @@ async def translated() -> AsyncIterator[None]:
         sa_exc.SQLAlchemyError,
         asyncpg.PostgresError,
         asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.InternalClientError,
         OSError,
         TimeoutError,
     ) as exc:
-        if _is_unavailable(exc):
+        if is_unavailable(exc):
             raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
         raise RepositoryError(f"database error: {exc}") from exc

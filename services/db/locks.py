@@ -18,19 +18,19 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services import metrics
+from services.db.engine import Driver, checkout
 from services.db.errors import DatabaseUnavailable, translated
 
 # One round trip: a free slot (not one this process holds), then the image (migration 0002).
-_ACQUIRE = text("SELECT imagegen_acquire(:c, :n, :offset, CAST(:held AS int[]), :ic, :image)")
-_RELEASE = text("SELECT pg_advisory_unlock(:c, :s), pg_advisory_unlock(:ic, :image)")
+_ACQUIRE = "SELECT imagegen_acquire($1, $2, $3, $4::int[], $5, $6)"
+_RELEASE = "SELECT pg_advisory_unlock($1, $2), pg_advisory_unlock($3, $4)"
 IMAGE_HELD_ELSEWHERE = -1
-_RUNNING = text(
+_RUNNING = (
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-    "AND classid::bigint = :c AND objsubid = 2 "
+    "AND classid::bigint = $1 AND objsubid = 2 "
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 MAX_PAUSE_S = 0.2
@@ -50,6 +50,7 @@ class ProviderSlots:
         self.size = size
         self.slot_class, self.image_class = lock_classes(namespace)
         self._keeper: AsyncConnection | None = None
+        self._driver: Driver = None
         self._generation = 0
         """Raised whenever the keeper is replaced: locks of an older one are gone already."""
         self._io = asyncio.Lock()
@@ -58,21 +59,33 @@ class ProviderSlots:
         self._released = asyncio.Event()
 
     @asynccontextmanager
-    async def _session(self) -> AsyncIterator[AsyncConnection]:
+    async def _session(self, generation: int | None = None) -> AsyncIterator[Driver]:
         """The keeper, exclusively: local bookkeeping is read and changed only in here, so
-        it always matches what the session holds."""
+        it always matches what the session holds. With ``generation``, only that keeper
+        session (else None: it is gone, and the locks it held with it)."""
         async with self._io, translated():
-            if self._keeper is None or self._keeper.closed:
-                conn = await self.engine.connect()
-                self._keeper = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            if self._keeper is not None and (self._keeper.invalidated or self._driver.is_closed()):
+                await self._discard_keeper()
+            if generation is not None and (self._keeper is None or generation != self._generation):
+                yield None
+                return
+            if self._keeper is None:
+                self._keeper = await self.engine.connect()
+                self._driver = (await self._keeper.get_raw_connection()).driver_connection
                 self._generation += 1
                 self._slots.clear()  # a new session holds nothing
             try:
-                yield self._keeper
+                yield self._driver
             except BaseException:
-                keeper, self._keeper = self._keeper, None
-                await keeper.invalidate()
+                await self._discard_keeper()
                 raise
+
+    async def _discard_keeper(self) -> None:
+        """Drop the keeper session, and with it every lock it held."""
+        keeper, self._keeper = self._keeper, None
+        if keeper is not None:
+            await keeper.invalidate()
+            await keeper.close()
 
     @asynccontextmanager
     async def hold(self, image_id: int) -> AsyncIterator[bool]:
@@ -105,15 +118,15 @@ class ProviderSlots:
         while True:
             self._released.clear()
             async with self._session() as keeper:
-                params = {
-                    "n": self.size,
-                    "offset": random.randrange(self.size),
-                    "held": sorted(self._slots),
-                    "c": self.slot_class,
-                    "ic": self.image_class,
-                    "image": image_id,
-                }
-                slot = (await keeper.execute(_ACQUIRE, params)).scalar()
+                slot = await keeper.fetchval(
+                    _ACQUIRE,
+                    self.slot_class,
+                    self.size,
+                    random.randrange(self.size),
+                    sorted(self._slots),
+                    self.image_class,
+                    image_id,
+                )
                 if slot == IMAGE_HELD_ELSEWHERE:
                     return None
                 if slot is not None:
@@ -128,16 +141,12 @@ class ProviderSlots:
 
     async def _release(self, slot: int, image_id: int, generation: int) -> None:
         try:
-            async with self._session() as keeper:
-                if generation == self._generation:  # else the session that held them is gone
+            async with self._session(generation) as keeper:
+                if keeper is not None:
                     self._slots.discard(slot)
-                    params = {
-                        "c": self.slot_class,
-                        "s": slot,
-                        "ic": self.image_class,
-                        "image": image_id,
-                    }
-                    await keeper.execute(_RELEASE, params)
+                    await keeper.execute(
+                        _RELEASE, self.slot_class, slot, self.image_class, image_id
+                    )
         except DatabaseUnavailable:
             pass  # the keeper died, and the locks with it
         finally:
@@ -145,8 +154,8 @@ class ProviderSlots:
 
     async def running(self) -> int:
         """Slots held right now, by every process."""
-        async with translated(), self.engine.connect() as conn:
-            return int((await conn.execute(_RUNNING, {"c": self.slot_class})).scalar() or 0)
+        async with checkout(self.engine) as conn:
+            return int(await conn.fetchval(_RUNNING, self.slot_class) or 0)
 
     async def close(self) -> None:
         async with self._io:

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.db.errors import translated
+from services.db.engine import checkout
 
-_RESERVE = text(
+_RESERVE = (
     "INSERT INTO provider_pacing (namespace, next_at)"
-    " VALUES (:ns, clock_timestamp() + make_interval(secs => :gap))"
+    " VALUES ($1, clock_timestamp() + make_interval(secs => $2))"
     " ON CONFLICT (namespace) DO UPDATE SET next_at ="
-    " greatest(provider_pacing.next_at, clock_timestamp()) + make_interval(secs => :gap)"
-    " RETURNING extract(epoch FROM next_at - clock_timestamp()) - :gap"
+    " greatest(provider_pacing.next_at, clock_timestamp()) + make_interval(secs => $2)"
+    " RETURNING (extract(epoch FROM next_at - clock_timestamp()) - $2)::float8"
 )
 
 
@@ -34,10 +33,8 @@ class SubmitPacer:
         """Wait for this submit's turn; returns the seconds waited."""
         if not self.gap_s:
             return 0.0
-        async with translated(), self.engine.connect() as conn:
-            conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            params = {"ns": self.namespace, "gap": self.gap_s}
-            delay = float((await conn.execute(_RESERVE, params)).scalar() or 0.0)
+        async with checkout(self.engine) as conn:
+            delay = float(await conn.fetchval(_RESERVE, self.namespace, self.gap_s) or 0.0)
         if delay > 0:
             await asyncio.sleep(delay)
         return max(delay, 0.0)

@@ -1,19 +1,23 @@
 """Every SQL statement of the service. State changes are compare-and-set updates whose
-target the state machine decides; losing a race is a result (``None``), not an error."""
+target the state machine decides; losing a race is a result (``None``), not an error.
+
+Statements run on the pooled asyncpg connection itself (``checkout``): the schema lives in
+``models`` for Alembic, while the per-image path pays only the driver's cost per statement.
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.db.errors import LostRace, translated
-from services.db.models import outbox, task_images, tasks
+from services.db.engine import Driver, checkout
+from services.db.errors import LostRace
+from services.db.models import task_images
 from services.db.rows import ImageRow, NewTask, OutboxRow, Outgoing, TaskRow
 from statemachine import ACTIVE_STATUSES, TaskModel, TaskStatus, Trigger, apply_trigger
 
@@ -27,83 +31,110 @@ _ENTERED_AT = {
     TaskStatus.FAILED: "failed_at",
     TaskStatus.CANCELLED: "cancelled_at",
 }
+# Columns a transition may also set from a value (never from outside input).
+_TRANSITION_VALUES = frozenset({"error_code", "error_message"})
+
+_INSERT_TASK = (
+    "INSERT INTO tasks (id, user_id, prompt, status, version, image_count, metadata,"
+    " correlation_id) VALUES ($1, $2, $3, $4, 1, $5, $6, $7)"
+    " ON CONFLICT (id) DO NOTHING RETURNING *"
+)
+_INSERT_IMAGES = 'INSERT INTO task_images (task_id, "index") SELECT $1, generate_series(0, $2 - 1)'
+_GET_TASK = "SELECT * FROM tasks WHERE id = $1"
+_GET_IMAGES = 'SELECT * FROM task_images WHERE task_id = $1 ORDER BY "index"'
+_GET_IMAGE = 'SELECT * FROM task_images WHERE task_id = $1 AND "index" = $2'
+_IMAGE_PREFIX = "i__"  # no task column starts with it
+_GET_TASK_AND_IMAGE = (
+    "SELECT t.*, "
+    + ", ".join(f'i."{c.name}" AS {_IMAGE_PREFIX}{c.name}' for c in task_images.c)
+    + ' FROM tasks t LEFT JOIN task_images i ON i.task_id = t.id AND i."index" = $2'
+    " WHERE t.id = $1"
+)
+# Compare-and-set: only the task as it was read (same status, same version) matches.
+_CAS = "WHERE id = $1 AND status = $2 AND version = $3 RETURNING *"
+_TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {_CAS}"
+_STORE_IMAGE = (
+    "UPDATE task_images SET url = $2, stored_at = now(), updated_at = now(), last_error = NULL"
+    " WHERE id = $1 AND url IS NULL"
+)
+_SET_PROVIDER_TASK = (
+    "UPDATE task_images SET provider_task_id = $2, updated_at = now(),"
+    " submits = submits + 1 WHERE id = $1"
+)
+_INSERT_OUTBOX = (
+    "INSERT INTO outbox (exchange, routing_key, body, headers, message_id, correlation_id)"
+    " VALUES ($1, $2, $3, $4, $5, $6)"
+)
+_CLAIM_OUTBOX = "SELECT * FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+_DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+_TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
+_COUNT_STATUSES = "SELECT status, count(*) FROM tasks GROUP BY status"
+_OUTBOX_LAG = (
+    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM outbox"
+)
+_STALE_IMAGES = (
+    "SELECT i.* FROM task_images i JOIN tasks t ON t.id = i.task_id"
+    " WHERE t.status = ANY($1::text[]) AND i.url IS NULL"
+    " AND i.updated_at < now() - make_interval(secs => $2)"
+    " ORDER BY i.updated_at LIMIT $3"
+)
+_ACTIVE = [s.value for s in ACTIVE_STATUSES]
 
 
-def _compare_and_set(task: TaskRow) -> Any:
-    """An UPDATE that only matches the task as it was read: same status, same version."""
-    return update(tasks).where(
-        tasks.c.id == task.id,
-        tasks.c.status == task.status.value,
-        tasks.c.version == task.version,
-    )
+def _json(value: dict[str, Any] | None) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
 class Tx:
-    """One transaction; obtained from ``Repository.transaction()``."""
+    """One transaction (or, from ``Repository.autocommit()``, single statements)."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: Driver) -> None:
         self.conn = conn
+
+    async def _task(self, sql: str, *args: Any) -> TaskRow | None:
+        row = await self.conn.fetchrow(sql, *args)
+        return TaskRow.of(row) if row else None
 
     async def insert_task(self, new: NewTask) -> TaskRow | None:
         """Insert a PENDING task and its image slots; None when the id is taken."""
-        stmt = (
-            pg_insert(tasks)
-            .values(
-                id=new.id,
-                user_id=new.user_id,
-                prompt=new.prompt,
-                status=TaskStatus.PENDING.value,
-                version=1,
-                image_count=new.image_count,
-                metadata=new.meta,
-                correlation_id=new.correlation_id,
-            )
-            .on_conflict_do_nothing(index_elements=["id"])
-            .returning(tasks)
+        row = await self._task(
+            _INSERT_TASK,
+            new.id,
+            new.user_id,
+            new.prompt,
+            TaskStatus.PENDING.value,
+            new.image_count,
+            _json(new.meta),
+            new.correlation_id,
         )
-        row = (await self.conn.execute(stmt)).mappings().first()
-        if row is None:
-            return None
-        await self.conn.execute(
-            insert(task_images),
-            [{"task_id": new.id, "index": i} for i in range(new.image_count)],
-        )
-        return TaskRow.of(row)
+        if row is not None:
+            await self.conn.execute(_INSERT_IMAGES, new.id, new.image_count)
+        return row
 
     async def get_task(self, task_id: str) -> TaskRow | None:
-        row = (await self.conn.execute(select(tasks).where(tasks.c.id == task_id))).mappings()
-        first = row.first()
-        return TaskRow.of(first) if first else None
+        return await self._task(_GET_TASK, task_id)
 
     async def get_images(self, task_id: str) -> list[ImageRow]:
-        stmt = select(task_images).where(task_images.c.task_id == task_id)
-        rows = (await self.conn.execute(stmt.order_by(task_images.c.index))).mappings()
-        return [ImageRow.of(r) for r in rows]
+        return [ImageRow.of(r) for r in await self.conn.fetch(_GET_IMAGES, task_id)]
 
     async def get_task_and_image(
         self, task_id: str, index: int
     ) -> tuple[TaskRow | None, ImageRow | None]:
         """Both rows in one round trip."""
-        image_columns = [c.label(f"image_{c.name}") for c in task_images.c]
-        stmt = (
-            select(tasks, *image_columns)
-            .outerjoin(
-                task_images,
-                (task_images.c.task_id == tasks.c.id) & (task_images.c.index == index),
-            )
-            .where(tasks.c.id == task_id)
-        )
-        row = (await self.conn.execute(stmt)).mappings().first()
+        row = await self.conn.fetchrow(_GET_TASK_AND_IMAGE, task_id, index)
         if row is None:
             return None, None
-        image = {c.name: row[f"image_{c.name}"] for c in task_images.c}
-        return TaskRow.of(row), ImageRow.of(image) if image["id"] is not None else None
+        task: dict[str, Any] = {}
+        image: dict[str, Any] = {}
+        for key, value in row.items():
+            if key.startswith(_IMAGE_PREFIX):
+                image[key[len(_IMAGE_PREFIX) :]] = value
+            else:
+                task[key] = value
+        return TaskRow.of(task), ImageRow.of(image) if image["id"] is not None else None
 
     async def get_image(self, task_id: str, index: int) -> ImageRow | None:
-        stmt = select(task_images).where(
-            task_images.c.task_id == task_id, task_images.c.index == index
-        )
-        row = (await self.conn.execute(stmt)).mappings().first()
+        row = await self.conn.fetchrow(_GET_IMAGE, task_id, index)
         return ImageRow.of(row) if row else None
 
     async def transition(
@@ -117,48 +148,27 @@ class Tx:
         images_ready = task.images_ready + stored_now
         model = TaskModel(task.status, images_ready=images_ready, image_count=task.image_count)
         target = apply_trigger(model, trigger)
+        args: list[Any] = [task.id, task.status.value, task.version, target.value, images_ready]
+        sets = ["status = $4", "version = version + 1", "images_ready = $5", "updated_at = now()"]
         if target is not task.status and target in _ENTERED_AT:
-            values.setdefault(_ENTERED_AT[target], func.now())
-        stmt = (
-            _compare_and_set(task)
-            .values(
-                status=target.value,
-                version=tasks.c.version + 1,
-                images_ready=images_ready,
-                updated_at=func.now(),
-                **values,
-            )
-            .returning(tasks)
-        )
-        row = (await self.conn.execute(stmt)).mappings().first()
-        return TaskRow.of(row) if row else None
+            sets.append(f"{_ENTERED_AT[target]} = now()")
+        for column, value in values.items():
+            if column not in _TRANSITION_VALUES:
+                raise ValueError(f"a transition does not set {column!r}")
+            args.append(value)
+            sets.append(f"{column} = ${len(args)}")
+        return await self._task(f"UPDATE tasks SET {', '.join(sets)} {_CAS}", *args)
 
     async def touch(self, task: TaskRow) -> TaskRow | None:
         """Raise the version (an event without a status change), if nobody changed the task."""
-        stmt = (
-            _compare_and_set(task)
-            .values(version=tasks.c.version + 1, updated_at=func.now())
-            .returning(tasks)
-        )
-        row = (await self.conn.execute(stmt)).mappings().first()
-        return TaskRow.of(row) if row else None
+        return await self._task(_TOUCH, task.id, task.status.value, task.version)
 
     async def store_image(self, image: ImageRow, url: str) -> bool:
-        stmt = (
-            update(task_images)
-            .where(task_images.c.id == image.id, task_images.c.url.is_(None))
-            .values(url=url, stored_at=func.now(), updated_at=func.now(), last_error=None)
-        )
-        return (await self.conn.execute(stmt)).rowcount == 1
+        return bool(await self.conn.execute(_STORE_IMAGE, image.id, url) == "UPDATE 1")
 
-    async def set_provider_task(self, image: ImageRow, provider_task_id: str | None) -> None:
-        """Remember (or forget) the provider task of an image; a submit also counts here."""
-        values: dict[str, Any] = {"provider_task_id": provider_task_id, "updated_at": func.now()}
-        if provider_task_id is not None:
-            values["submits"] = task_images.c.submits + 1
-        await self.conn.execute(
-            update(task_images).where(task_images.c.id == image.id).values(**values)
-        )
+    async def set_provider_task(self, image: ImageRow, provider_task_id: str) -> None:
+        """Remember the provider task of an image; it counts as a submit."""
+        await self.conn.execute(_SET_PROVIDER_TASK, image.id, provider_task_id)
 
     async def redispatch(
         self,
@@ -172,42 +182,36 @@ class Tx:
 
         The provider task is forgotten unless ``keep_provider_task``: it ended without an
         image, so the next attempt submits afresh (an unfinished one is kept and polled)."""
-        values: dict[str, Any] = {"dispatch": task_images.c.dispatch + 1, "updated_at": func.now()}
+        sets = ["dispatch = dispatch + 1", "updated_at = now()"]
+        args: list[Any] = [image.id]
         if not keep_provider_task:
-            values["provider_task_id"] = None
+            sets.append("provider_task_id = NULL")
         if failed:
-            values["attempts"] = task_images.c.attempts + 1
-            values["last_error"] = error
-        stmt = (
-            update(task_images)
-            .where(task_images.c.id == image.id)
-            .values(**values)
-            .returning(task_images)
-        )
-        return ImageRow.of((await self.conn.execute(stmt)).mappings().one())
+            args.append(error)
+            sets += ["attempts = attempts + 1", "last_error = $2"]
+        sql = f"UPDATE task_images SET {', '.join(sets)} WHERE id = $1 RETURNING *"
+        return ImageRow.of(await self.conn.fetchrow(sql, *args))
 
     async def add_outbox(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        await self.conn.execute(
-            insert(outbox),
+        await self.conn.executemany(
+            _INSERT_OUTBOX,
             [
-                {
-                    "exchange": m.exchange,
-                    "routing_key": m.routing_key,
-                    "body": m.body,
-                    "headers": m.headers or None,
-                    "message_id": m.message_id,
-                    "correlation_id": m.correlation_id,
-                }
+                (
+                    m.exchange,
+                    m.routing_key,
+                    _json(m.body),
+                    _json(m.headers or None),
+                    m.message_id,
+                    m.correlation_id,
+                )
                 for m in messages
             ],
         )
 
     async def claim_outbox(self, limit: int) -> list[OutboxRow]:
         """Lock up to ``limit`` unsent rows that no other relay holds, oldest first."""
-        stmt = select(outbox).order_by(outbox.c.id).limit(limit).with_for_update(skip_locked=True)
-        rows = (await self.conn.execute(stmt)).mappings()
         return [
             OutboxRow(
                 id=r["id"],
@@ -218,16 +222,15 @@ class Tx:
                 headers=r["headers"] or {},
                 correlation_id=r["correlation_id"],
             )
-            for r in rows
+            for r in await self.conn.fetch(_CLAIM_OUTBOX, limit)
         ]
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
-        await self.conn.execute(delete(outbox).where(outbox.c.id.in_(ids)))
+        await self.conn.execute(_DELETE_OUTBOX, list(ids))
 
     async def try_image_xact_lock(self, lock_class: int, image_id: int) -> bool:
         """Whether no worker holds this image right now (held until the transaction ends)."""
-        stmt = text("SELECT pg_try_advisory_xact_lock(:c, :o)")
-        return bool((await self.conn.execute(stmt, {"c": lock_class, "o": image_id})).scalar())
+        return bool(await self.conn.fetchval(_TRY_XACT_LOCK, lock_class, image_id))
 
 
 @dataclass(frozen=True)
@@ -245,14 +248,14 @@ class Repository:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with translated(), self.engine.begin() as conn:
+        async with checkout(self.engine) as conn, conn.transaction():
             yield Tx(conn)
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[Tx]:
-        """For one statement that is atomic by itself: no BEGIN/COMMIT round trips."""
-        async with translated(), self.engine.connect() as conn:
-            yield Tx(await conn.execution_options(isolation_level="AUTOCOMMIT"))
+        """For statements each atomic by itself: no BEGIN/COMMIT round trips."""
+        async with checkout(self.engine) as conn:
+            yield Tx(conn)
 
     async def atomic(self, work: Callable[[Tx], Awaitable[T]], tries: int = 50) -> T:
         """Run ``work`` in a transaction, again in a fresh one each time it raises
@@ -274,42 +277,18 @@ class Repository:
             return task, await tx.get_images(task_id)
 
     async def ping(self) -> None:
-        async with self.transaction() as tx:
-            await tx.conn.execute(text("SELECT 1"))
+        async with checkout(self.engine) as conn:
+            await conn.fetchval("SELECT 1")
 
     async def counts(self) -> TaskCounts:
         async with self.transaction() as tx:
-            status_rows = await tx.conn.execute(
-                select(tasks.c.status, func.count()).group_by(tasks.c.status)
-            )
             by_status = {s.value: 0 for s in TaskStatus}
-            by_status.update({str(s): int(n) for s, n in status_rows.all()})
-            lag = (
-                await tx.conn.execute(
-                    select(
-                        func.count(),
-                        func.coalesce(
-                            func.extract("epoch", func.now() - func.min(outbox.c.created_at)), 0
-                        ),
-                    )
-                )
-            ).one()
-        return TaskCounts(by_status, int(lag[0]), float(lag[1]))
+            by_status.update({r[0]: int(r[1]) for r in await tx.conn.fetch(_COUNT_STATUSES)})
+            rows, oldest_s = await tx.conn.fetchrow(_OUTBOX_LAG)
+        return TaskCounts(by_status, int(rows), float(oldest_s))
 
     async def stale_images(self, older_than_s: float, limit: int = 500) -> list[ImageRow]:
         """Unstored images of active tasks that nothing has touched for ``older_than_s``."""
-        stmt = (
-            select(task_images)
-            .join(tasks, tasks.c.id == task_images.c.task_id)
-            .where(
-                tasks.c.status.in_([s.value for s in ACTIVE_STATUSES]),
-                task_images.c.url.is_(None),
-                task_images.c.updated_at
-                < func.now() - func.make_interval(0, 0, 0, 0, 0, 0, older_than_s),
-            )
-            .order_by(task_images.c.updated_at)
-            .limit(limit)
-        )
-        async with self.transaction() as tx:
-            rows = (await tx.conn.execute(stmt)).mappings()
-            return [ImageRow.of(r) for r in rows]
+        async with self.autocommit() as tx:
+            rows = await tx.conn.fetch(_STALE_IMAGES, _ACTIVE, older_than_s, limit)
+        return [ImageRow.of(r) for r in rows]

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection
-from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 
 from services.aio import wait_any
@@ -19,7 +18,6 @@ from services.broker.publisher import Publisher
 from services.config import Settings
 from services.db.engine import drop_database, ensure_database, make_engine
 from services.db.migrate import upgrade
-from services.db.models import outbox
 from services.db.repository import Repository
 from services.db.rows import Outgoing
 from services.outbox.relay import Relay
@@ -77,8 +75,8 @@ async def _received(queue: AbstractQueue, expected: int, seconds: float = 10) ->
 
 async def _outbox_rows(repo: Repository, queue: str) -> int:
     async with repo.transaction() as tx:
-        stmt = select(func.count()).select_from(outbox).where(outbox.c.routing_key == queue)
-        return int((await tx.conn.execute(stmt)).scalar_one())
+        sql = "SELECT count(*) FROM outbox WHERE routing_key = $1"
+        return int(await tx.conn.fetchval(sql, queue))
 
 
 async def test_a_committed_row_is_published_with_confirms_and_removed(
@@ -107,7 +105,7 @@ async def test_an_unroutable_row_stays_in_the_outbox_and_raises(
         await relay.drain_once()
     assert await _outbox_rows(repo, missing) == 1
     async with repo.transaction() as tx:  # clean up for the other relay tests
-        await tx.conn.execute(outbox.delete().where(outbox.c.routing_key == missing))
+        await tx.conn.execute("DELETE FROM outbox WHERE routing_key = $1", missing)
 
 
 async def test_a_notify_wakes_the_relay_long_before_its_poll(

@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from services.db.repository import Repository
+from services.db.errors import LostRace
+from services.db.repository import Repository, Tx
 from services.db.rows import NewTask, TaskRow
 from statemachine import IllegalTransition, TaskStatus, Trigger
 
@@ -78,18 +79,18 @@ async def test_the_last_two_images_finishing_together_make_one_images_ready(
     barrier = asyncio.Barrier(2)
 
     async def store(index: int) -> TaskStatus:
+        async def work(tx: Tx) -> TaskStatus:
+            current = await tx.get_task(task.id)
+            image = await tx.get_image(task.id, index)
+            assert current is not None and image is not None
+            await tx.store_image(image, f"https://img/{index}")
+            row = await tx.transition(current, Trigger.STORE_IMAGE, stored_now=1)
+            if row is None:
+                raise LostRace()  # rolled back; the loser re-reads and decides again
+            return row.status
+
         await barrier.wait()
-        while True:  # the loser re-reads and decides again, as the worker does
-            async with repo.transaction() as tx:
-                current = await tx.get_task(task.id)
-                image = await tx.get_image(task.id, index)
-                assert current is not None and image is not None
-                await tx.store_image(image, f"https://img/{index}")
-                row = await tx.transition(current, Trigger.STORE_IMAGE, stored_now=1)
-                if row is None:
-                    await tx.conn.rollback()
-                    continue
-                return row.status
+        return await repo.atomic(work)
 
     outcomes = await asyncio.gather(store(0), store(1))
     assert sorted(outcomes) == sorted([TaskStatus.GENERATING_IMAGES, TaskStatus.IMAGES_READY])
