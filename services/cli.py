@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from services.aio import run
 from services.config import Settings, load_settings
 from services.errors import ImagegenError
 from services.logs import get_logger, setup_logging
@@ -30,7 +31,7 @@ def _settings() -> Settings:
 
 def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
-        return asyncio.run(coro)
+        return run(coro)
     except ImagegenError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None

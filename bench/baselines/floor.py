@@ -14,6 +14,8 @@ import asyncpg
 from aio_pika.abc import DeliveryMode
 from sqlalchemy.engine import make_url
 
+from services.aio import run
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS floor_tasks (id text PRIMARY KEY, stored int NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS floor_images (
@@ -74,4 +76,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -25,6 +25,7 @@ from aio_pika.abc import DeliveryMode
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from services.aio import run
 from services.provider.dashscope import DashScopeClient, ProviderTaskStatus
 from services.provider.errors import ProviderError, ProviderTaskFailed
 from statemachine import classify, retry_delay_s
@@ -166,4 +167,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main())

@@ -110,19 +110,16 @@ class ImageWorker:
                 log.info("slot freed", action="slot_freed", **fields)
 
     async def _begin(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow]:
-        """Check the message is still live and, for a task's first image, start the task:
-        one transaction, taken while this worker holds the image and a slot."""
+        """Check the message is still live and, for a task's first image, start the task.
+        Taken while this worker holds the image and a slot; a plain read suffices unless
+        the task must start (the start is a compare-and-set with its event)."""
+        async with self.repo.autocommit() as tx:
+            task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
+        if task.status is not TaskStatus.PENDING:
+            return task, image
 
-        async def work(tx: Tx) -> tuple[TaskRow, ImageRow]:
-            task, image = await tx.get_task_and_image(msg.task_id, msg.index)
-            if task is None or image is None or image.id != msg.image_id:
-                raise Reject(f"image message for unknown task or image {msg.task_id}/{msg.index}")
-            if not task.active:
-                raise Drop(f"task {task.id} is {task.status.value}; image {msg.index} not needed")
-            if image.stored:
-                raise Drop(f"image {task.id}/{msg.index} is already stored")
-            if image.dispatch != msg.dispatch:
-                raise Drop(f"stale message for {task.id}/{msg.index} (dispatch {msg.dispatch})")
+        async def start(tx: Tx) -> tuple[TaskRow, ImageRow]:
+            task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
             if task.status is TaskStatus.PENDING:
                 started = await tx.transition(task, Trigger.START)
                 if started is None:
@@ -132,7 +129,21 @@ class ImageWorker:
                 task = started
             return task, image
 
-        return await self.repo.atomic(work)
+        return await self.repo.atomic(start)
+
+    @staticmethod
+    def _live(
+        msg: ImageMessage, task: TaskRow | None, image: ImageRow | None
+    ) -> tuple[TaskRow, ImageRow]:
+        if task is None or image is None or image.id != msg.image_id:
+            raise Reject(f"image message for unknown task or image {msg.task_id}/{msg.index}")
+        if not task.active:
+            raise Drop(f"task {task.id} is {task.status.value}; image {msg.index} not needed")
+        if image.stored:
+            raise Drop(f"image {task.id}/{msg.index} is already stored")
+        if image.dispatch != msg.dispatch:
+            raise Drop(f"stale message for {task.id}/{msg.index} (dispatch {msg.dispatch})")
+        return task, image
 
     async def _generate(self, task: TaskRow, image: ImageRow) -> str:
         provider_task_id = image.provider_task_id
@@ -185,7 +196,7 @@ class ImageWorker:
 
     def _watch(self, task_id: str, provider_task_id: str) -> Any:
         async def on_poll(result: TaskResult | None) -> None:
-            async with self.repo.transaction() as tx:
+            async with self.repo.autocommit() as tx:
                 task = await tx.get_task(task_id)
             if task is not None and task.active:
                 return

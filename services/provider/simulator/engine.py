@@ -164,6 +164,8 @@ class Simulator:
         self.requests: deque[dict[str, Any]] = deque(maxlen=200)
         self._pending: deque[SimTask] = deque()
         self._active_ends: list[float] = []
+        self._unbilled: list[tuple[float, int, SimTask]] = []
+        """Started tasks by end time: a heap, so settling costs nothing per finished task."""
         self._tokens = float(self._burst())
         self._refilled_at = self.clock()
         self._random = random.Random(self.config.seed)
@@ -291,14 +293,15 @@ class Simulator:
             task.ends_at = start + self.config.latency_s * task.n
             if limit is not None:
                 heapq.heapreplace(self._slots, task.ends_at)
+            heapq.heappush(self._unbilled, (task.ends_at, id(task), task))
             self._active_ends = [e for e in self._active_ends if e > start] + [task.ends_at]
             self.stats.peak_running = max(self.stats.peak_running, len(self._active_ends))
-        for task in self.tasks.values():
-            if not task.billed and task.ends_at is not None and task.ends_at <= now:
-                task.billed = True
-                images = self.succeeded_images(task)
-                self.stats.billed_images += images
-                self.stats.billed_by_prompt[task.prompt] += images
+        while self._unbilled and self._unbilled[0][0] <= now:
+            _, _, task = heapq.heappop(self._unbilled)
+            task.billed = True
+            images = self.succeeded_images(task)
+            self.stats.billed_images += images
+            self.stats.billed_by_prompt[task.prompt] += images
 
     def succeeded_images(self, task: SimTask) -> int:
         if task.outcome in ("failed", "failed_inspect", "unknown"):

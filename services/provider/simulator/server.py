@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import uvicorn
 
+from services.aio import run
 from services.provider.simulator.app import build_app
 from services.provider.simulator.engine import SimConfig, Simulator
 
@@ -80,4 +81,4 @@ async def running_simulator(
 
 def serve(config: SimConfig, host: str, port: int) -> None:
     """Blocking entry point of ``imagegen simulator``."""
-    asyncio.run(_server(Simulator(config), host, port, embedded=False).serve())
+    run(_server(Simulator(config), host, port, embedded=False).serve())
