@@ -93,7 +93,10 @@ class PollPlanner:
     them: the moment we *saw* completion depends on when we polled, and learning from it
     would only confirm the current guess."""
 
-    STEPS = 6
+    STEPS = 12
+    SLACK = 0.02
+    """The first poll waits this fraction past the expected end, so that it usually finds
+    the task done; later polls come in steps of the same size."""
 
     def __init__(self, scale: float = 1.0) -> None:
         self.scale = scale
@@ -110,8 +113,8 @@ class PollPlanner:
             yield 0.0  # the SDK queries at once, then sleeps
             yield from poll_delays(self.scale)
             return
-        yield max(0.0, expected - elapsed_s)
-        step = max(0.02, expected * 0.05)
+        step = max(0.01, expected * self.SLACK)
+        yield max(0.0, expected + step - elapsed_s)
         for _ in range(self.STEPS):
             yield step
         yield from poll_delays(self.scale)
