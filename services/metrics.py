@@ -19,6 +19,11 @@ PROVIDER_CALLS = Counter(
     "Provider calls, by call, outcome and code",
     ["call", "outcome", "code"],
 )
+UNRECORDED_SUBMITS = Counter(
+    "imagegen_submits_unrecorded_total",
+    "Submits whose outcome was never recorded (a crash or an ambiguous timeout): each may"
+    " have been billed for a task nobody polls",
+)
 RETRIES = Counter("imagegen_retries_total", "Image retries scheduled, by tier queue", ["tier"])
 DEAD_LETTERED = Counter(
     "imagegen_dead_lettered_total", "Messages parked in the dead queue", ["role"]

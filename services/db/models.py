@@ -88,6 +88,10 @@ class TaskImage(Base):
     dispatch: Mapped[int] = mapped_column(Integer, server_default="0")
     """Which image message is the live one; a message carrying another number is stale."""
     submits: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    submit_started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Set just before a submit goes out, cleared once its outcome is recorded."""
+    unrecorded_submits: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    """Submits that may have been billed without their task id ever being recorded."""
     last_error: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

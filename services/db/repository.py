@@ -59,7 +59,11 @@ _STORE_IMAGE = (
 )
 _SET_PROVIDER_TASK = (
     "UPDATE task_images SET provider_task_id = $2, updated_at = now(),"
-    " submits = submits + 1 WHERE id = $1"
+    " submits = submits + 1, submit_started_at = NULL WHERE id = $1"
+)
+_START_SUBMIT = (
+    "UPDATE task_images SET submit_started_at = now(),"
+    " unrecorded_submits = unrecorded_submits + $2 WHERE id = $1"
 )
 _INSERT_OUTBOX = (
     "INSERT INTO outbox (exchange, routing_key, body, headers, message_id, correlation_id)"
@@ -170,6 +174,10 @@ class Tx:
         """Remember the provider task of an image; it counts as a submit."""
         await self.conn.execute(_SET_PROVIDER_TASK, image.id, provider_task_id)
 
+    async def start_submit(self, image: ImageRow, *, unrecorded: bool) -> None:
+        """Mark a submit as going out; ``unrecorded`` counts an earlier one still marked."""
+        await self.conn.execute(_START_SUBMIT, image.id, int(unrecorded))
+
     async def redispatch(
         self,
         image: ImageRow,
@@ -177,6 +185,7 @@ class Tx:
         failed: bool,
         error: str | None = None,
         keep_provider_task: bool = False,
+        submit_in_doubt: bool = False,
     ) -> ImageRow:
         """Make a new image message the live one; ``failed`` counts a failed attempt.
 
@@ -189,6 +198,8 @@ class Tx:
         if failed:
             args.append(error)
             sets += ["attempts = attempts + 1", "last_error = $2"]
+            if not submit_in_doubt:  # the attempt's outcome is known, its submit with it
+                sets.append("submit_started_at = NULL")
         sql = f"UPDATE task_images SET {', '.join(sets)} WHERE id = $1 RETURNING *"
         return ImageRow.of(await self.conn.fetchrow(sql, *args))
 

@@ -62,6 +62,8 @@ class ImageRow:
     dispatch: int
     submits: int
     last_error: str | None
+    submit_started_at: datetime | None = None
+    unrecorded_submits: int = 0
 
     @classmethod
     def of(cls, mapping: Mapping[str, Any] | RowMapping) -> ImageRow:

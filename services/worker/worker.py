@@ -150,6 +150,7 @@ class ImageWorker:
         submitted_at: float | None = None
         if provider_task_id is None:
             await self.pacer.wait()
+            await self._mark_submit(task, image)
             submitted_at = time.monotonic()
             try:
                 submitted = await self.client.submit(task.prompt, n=1)
@@ -181,6 +182,22 @@ class ImageWorker:
             on_poll=self._watch(task.id, provider_task_id),
         )
         return self._url_of(result)
+
+    async def _mark_submit(self, task: TaskRow, image: ImageRow) -> None:
+        """Record that a submit is going out. A mark left from an earlier attempt means
+        that attempt's process died before recording the answer: DashScope has no
+        idempotency key, so the submit may have been billed and is counted for review."""
+        unrecorded = image.submit_started_at is not None
+        if unrecorded:
+            metrics.UNRECORDED_SUBMITS.inc()
+            log.warning(
+                "an earlier submit's answer was never recorded; it may have been billed",
+                action="submit_unrecorded",
+                task_id=task.id,
+                image_index=image.index,
+            )
+        async with self.repo.autocommit() as tx:
+            await tx.start_submit(image, unrecorded=unrecorded)
 
     async def _remember(self, image: ImageRow, provider_task_id: str) -> None:
         # The submit is paid for: losing its id would mean paying again, so insist a while.
@@ -281,6 +298,7 @@ class ImageWorker:
                     failed=True,
                     error=error,
                     keep_provider_task=isinstance(exc, ProviderPollTimeout),
+                    submit_in_doubt=exc.ambiguous,
                 )
                 row = await tx.touch(task)
                 if row is None:

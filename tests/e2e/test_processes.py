@@ -174,6 +174,36 @@ async def test_a_worker_killed_between_submit_and_store_costs_no_second_submit(
     assert sim.sim.stats.billed_by_prompt[prompt] == 1
 
 
+async def test_a_worker_killed_before_the_submit_answer_is_recorded_reports_the_doubt(
+    cluster: Cluster, sim: RunningSimulator, workers_stopped: None
+) -> None:
+    # The provider has the task (and will bill it) while its answer is still on the way.
+    sim.sim.configure({"latency_s": 0.0, "answer_delay_s": 3.0})
+    victim = await cluster.start_worker()
+    prompt = _prompt("unrecorded")
+    task_id = await cluster.bus.create(prompt, image_count=1)
+    for _ in range(200):
+        if sim.sim.stats.submits_by_prompt[prompt]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the worker never submitted")
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(10)
+    sim.sim.configure({"answer_delay_s": 0.0})
+    await cluster.start_worker()
+    ready = await cluster.bus.final(task_id, timeout=60)
+
+    assert ready["status"] == "IMAGES_READY"
+    assert sim.sim.stats.billed_by_prompt[prompt] == 2, "no idempotency key: paid twice"
+    found = await cluster.wired.repo.get_task(task_id)
+    assert found is not None
+    image = found[1][0]
+    assert (image.unrecorded_submits, image.submit_started_at) == (1, None), (
+        "the second attempt counted the first one's unrecorded submit, and recorded its own"
+    )
+
+
 async def test_purged_image_messages_are_dispatched_again_by_the_reconciler(
     cluster: Cluster, sim: RunningSimulator, workers_stopped: None
 ) -> None:

@@ -122,6 +122,8 @@ class SimulatorApp:
             fault: Fault = decision.fault
             return _error(fault.status, fault.code, fault.message)
         assert decision.task is not None
+        if self.sim.config.answer_delay_s:
+            await asyncio.sleep(self.sim.config.answer_delay_s)
         return JSONResponse(
             {
                 "output": {"task_status": "PENDING", "task_id": decision.task.id},

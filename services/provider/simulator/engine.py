@@ -53,6 +53,9 @@ class SimConfig(BaseModel):
     p_task_failed: float = Field(default=0.0, ge=0, le=1)
     p_unknown: float = Field(default=0.0, ge=0, le=1)
     hang_s: float = Field(default=300.0, ge=0)
+    answer_delay_s: float = Field(default=0.0, ge=0)
+    """How long an accepted submit's answer takes: the task exists (and is billed) before
+    the client learns its id."""
     url_ttl_s: float = Field(default=86400.0, gt=0)
     seed: int | None = None
 
