@@ -113,8 +113,8 @@ class PollPlanner:
             yield 0.0  # the SDK queries at once, then sleeps
             yield from poll_delays(self.scale)
             return
+        yield max(0.0, expected * (1 + self.SLACK) - elapsed_s)
         step = max(0.01, expected * self.SLACK)
-        yield max(0.0, expected + step - elapsed_s)
         for _ in range(self.STEPS):
             yield step
         yield from poll_delays(self.scale)

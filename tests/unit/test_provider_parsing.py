@@ -80,6 +80,15 @@ def test_with_history_the_first_poll_goes_out_when_tasks_usually_finish() -> Non
     )
 
 
+def test_tasks_that_finish_at_once_are_polled_at_once() -> None:
+    from services.provider.dashscope import PollPlanner
+
+    planner = PollPlanner()
+    planner.observe(0.0)
+    delays = planner.delays(elapsed_s=0.002)
+    assert (next(delays), next(delays)) == (0.0, 0.01), "no slack to wait, then short steps"
+
+
 def test_the_expected_duration_follows_recent_tasks() -> None:
     from services.provider.dashscope import PollPlanner
 
