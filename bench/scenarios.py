@@ -117,13 +117,17 @@ async def latency(smoke: bool, images_per_s: float | None = None) -> dict[str, A
     run = await runners.project(
         count, workers=2, sim={"latency": 0}, settings=LIFTED, rate_per_s=tasks_per_s
     )
-    ms = [1000 * v for v in run.latencies_s]
+    ms = [1000 * v for v in run.latencies_s]  # in publish order
+    # The first second's tasks meet cold connections, caches and code paths: shown apart,
+    # not left out.
+    warm = ms[max(1, round(tasks_per_s)) :] or ms
     return {
         "offered_tasks_per_s": round(tasks_per_s, 1),
         "tasks": len(ms),
         "p50_ms": round(percentile(ms, 50), 1),
         "p95_ms": round(percentile(ms, 95), 1),
         "p99_ms": round(percentile(ms, 99), 1),
+        "p99_after_first_s_ms": round(percentile(warm, 99), 1),
         "targets": {"p99_ms": 50},
     }
 
