@@ -8,7 +8,8 @@ deployment scales out by running roles in separate processes (workers especially
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Collection
+import gc
+from collections.abc import AsyncIterator, Callable, Collection, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,7 +23,8 @@ from services.broker.consumer import Consumer, Handler
 from services.broker.publisher import Publisher
 from services.broker.topology import RECONNECT_INTERVAL_S, Topology
 from services.config import Settings
-from services.db.engine import make_engine
+from services.db.engine import make_engine, open_pool
+from services.db.errors import DatabaseUnavailable
 from services.db.locks import ProviderSlots
 from services.db.pacing import SubmitPacer
 from services.db.repository import Repository
@@ -36,6 +38,7 @@ from services.worker.reconciler import Reconciler
 from services.worker.worker import ImageWorker
 
 log = get_logger("imagegen.runtime")
+WARM_TIMEOUT_S = 10
 INTAKE_PREFETCH = 32
 BUILT_IN_SIMULATOR = SimConfig(latency_s=0.5)
 
@@ -96,6 +99,20 @@ class Wiring:
     slots: ProviderSlots
 
 
+async def _warm(opening: Coroutine[Any, Any, None]) -> None:
+    """Open database connections before consuming; a database that is down now is waited
+    for message by message (each is requeued), as after any later outage."""
+    try:
+        async with asyncio.timeout(WARM_TIMEOUT_S):
+            await opening
+    except (DatabaseUnavailable, TimeoutError) as exc:
+        log.warning(
+            "the database is not reachable yet; messages will wait for it",
+            action="db_unavailable",
+            error=str(exc) or exc.__class__.__name__,
+        )
+
+
 @asynccontextmanager
 async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
     engine = make_engine(
@@ -118,6 +135,7 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
         )
         slots = ProviderSlots(engine, settings.namespace, settings.max_concurrent)
         stack.push_async_callback(slots.close)
+        await _warm(open_pool(engine, settings.db_pool_size))
         yield Wiring(
             settings=settings,
             repo=Repository(engine),
@@ -183,6 +201,7 @@ async def run(
             pacer = SubmitPacer(
                 wired.repo.engine, settings.namespace, settings.provider_submit_rate_per_s
             )
+            await _warm(wired.slots.connect())
             worker = ImageWorker(settings, wired.repo, wired.slots, client, wired.events, pacer)
             await consume(Role.WORKER, wired.topology.images_queue, worker, settings.prefetch)
         if Role.ADMIN in roles:
@@ -190,6 +209,11 @@ async def run(
 
             loops.append(asyncio.create_task(serve_admin(wired, stop)))
 
+        # What is alive now lives as long as the process. Frozen, it is no longer walked by
+        # each full collection, which otherwise stalls every message in flight (measured:
+        # about 40 ms, the latency benchmark's p99 outliers).
+        gc.collect()
+        gc.freeze()
         log.info("service started", action="start", roles=sorted(r.value for r in roles))
         if on_ready is not None:
             on_ready(wired)

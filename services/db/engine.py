@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -51,6 +51,16 @@ async def checkout(engine: AsyncEngine) -> AsyncIterator[Driver]:
             if driver.is_closed() or isinstance(exc, asyncio.CancelledError) or is_unavailable(exc):
                 await conn.invalidate()
             raise
+
+
+async def open_pool(engine: AsyncEngine, size: int) -> None:
+    """Open ``size`` pooled connections now. Otherwise the first messages each wait for a
+    new connection and a server process with cold caches (asyncpg's own pool opens its
+    minimum size at start the same way)."""
+    async with AsyncExitStack() as stack:
+        for _ in range(size):
+            driver = await stack.enter_async_context(checkout(engine))
+            await driver.fetchval("SELECT 1")
 
 
 def _plain_dsn(url: str, database: str) -> str:

@@ -87,6 +87,11 @@ class ProviderSlots:
             await keeper.invalidate()
             await keeper.close()
 
+    async def connect(self) -> None:
+        """Open the keeper session now rather than on the first message."""
+        async with self._session():
+            pass
+
     @asynccontextmanager
     async def hold(self, image_id: int) -> AsyncIterator[bool]:
         """Hold a global slot and image ``image_id`` for the length of the block.
