@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 
 from services.broker.topology import Topology
 from services.cli import app as cli_app
-from services.config import Settings
+from services.config import Settings, _variable_name
 from services.db.engine import drop_database
 from services.provider.simulator.server import free_port
 
@@ -121,3 +121,9 @@ def test_every_compose_service_runs_an_existing_command_with_known_settings() ->
     for infra in ("postgres", "rabbitmq"):
         assert "healthcheck" in compose["services"][infra]
     assert "ports" not in compose["services"]["worker"], "workers scale without port clashes"
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in map(_variable_name, Settings.model_fields) if name not in readme]
+    assert not missing, f"settings missing from the README: {missing}"
