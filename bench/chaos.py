@@ -78,6 +78,7 @@ async def main(minutes: float) -> dict[str, object]:
                 "provider submits": stats.submits,
                 "provider faults injected": sum(stats.errors_by_code.values()),
                 "images billed": stats.billed_images,
+                "submits reported unrecorded": chaos.counters.unrecorded,
                 "settled": settled,
                 "invariant violations": len(problems),
             }
