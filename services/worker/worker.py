@@ -120,14 +120,19 @@ class ImageWorker:
 
         async def start(tx: Tx) -> tuple[TaskRow, ImageRow]:
             task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
-            if task.status is TaskStatus.PENDING:
-                started = await tx.transition(task, Trigger.START)
-                if started is None:
+            if task.status is not TaskStatus.PENDING:
+                return task, image
+            started = await tx.transition(task, Trigger.START)
+            if started is None:
+                # A task's images usually start together and one of them won: what it
+                # committed is visible to the next statement, so read again in here.
+                task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
+                if task.status is TaskStatus.PENDING:
                     raise LostRace()
-                await tx.add_outbox([self.events.changed(started, task.status)])
-                log.info("task started", action="task_started", task_id=task.id)
-                task = started
-            return task, image
+                return task, image
+            await tx.add_outbox([self.events.changed(started, task.status)])
+            log.info("task started", action="task_started", task_id=task.id)
+            return started, image
 
         return await self.repo.atomic(start)
 
@@ -244,18 +249,29 @@ class ImageWorker:
         raise ProviderTaskLost(f"provider task {result.task_id} is {result.status.value}")
 
     async def _store(self, msg: ImageMessage, url: str) -> None:
-        async def work(tx: Tx) -> TaskRow:
-            task, image = await tx.get_task_and_image(msg.task_id, msg.index)
-            if task is None or image is None:
+        def storable(task: TaskRow | None) -> TaskRow:
+            if task is None:
                 raise Reject(f"task {msg.task_id} vanished while its image was generated")
-            if image.stored:
-                raise Drop(f"image {task.id}/{msg.index} was stored meanwhile")
             if task.status is not TaskStatus.GENERATING_IMAGES:
                 raise Drop(f"task {task.id} is {task.status.value}; the image is not stored")
+            return task
+
+        async def work(tx: Tx) -> TaskRow:
+            found, image = await tx.get_task_and_image(msg.task_id, msg.index)
+            if image is None:
+                raise Reject(f"task {msg.task_id} vanished while its image was generated")
+            if image.stored:
+                raise Drop(f"image {msg.task_id}/{msg.index} was stored meanwhile")
+            task = storable(found)
             await tx.store_image(image, url)
             row = await tx.transition(task, Trigger.STORE_IMAGE, stored_now=1)
             if row is None:
-                raise LostRace()
+                # Another image of the task was stored since the read (they finish close
+                # together): what it committed is visible to the next statement.
+                task = storable(await tx.get_task(msg.task_id))
+                row = await tx.transition(task, Trigger.STORE_IMAGE, stored_now=1)
+                if row is None:
+                    raise LostRace()
             stored = replace(image, url=url)
             outgoing = [self.events.image_ready(replace(row, status=task.status), stored)]
             if row.status is TaskStatus.IMAGES_READY:
