@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -39,24 +39,24 @@ _INSERT_TASK = (
     " correlation_id) VALUES ($1, $2, $3, $4, 1, $5, $6, $7)"
     " ON CONFLICT (id) DO NOTHING RETURNING *"
 )
-_INSERT_IMAGES = 'INSERT INTO task_images (task_id, "index") SELECT $1, generate_series(0, $2 - 1)'
+_INSERT_IMAGES = (
+    'INSERT INTO task_images (task_id, "index") SELECT $1, generate_series(0, $2 - 1) RETURNING *'
+)
 _GET_TASK = "SELECT * FROM tasks WHERE id = $1"
 _GET_IMAGES = 'SELECT * FROM task_images WHERE task_id = $1 ORDER BY "index"'
 _GET_IMAGE = 'SELECT * FROM task_images WHERE task_id = $1 AND "index" = $2'
 _IMAGE_PREFIX = "i__"  # no task column starts with it
-_GET_TASK_AND_IMAGE = (
+_TASK_JOIN_IMAGES = (
     "SELECT t.*, "
     + ", ".join(f'i."{c.name}" AS {_IMAGE_PREFIX}{c.name}' for c in task_images.c)
-    + ' FROM tasks t LEFT JOIN task_images i ON i.task_id = t.id AND i."index" = $2'
-    " WHERE t.id = $1"
+    + " FROM tasks t LEFT JOIN task_images i ON i.task_id = t.id"
 )
+_GET_TASK_AND_IMAGE = f'{_TASK_JOIN_IMAGES} AND i."index" = $2 WHERE t.id = $1'
+_GET_TASK_WITH_IMAGES = f'{_TASK_JOIN_IMAGES} WHERE t.id = $1 ORDER BY i."index"'
 # Compare-and-set: only the task as it was read (same status, same version) matches.
-_CAS = "WHERE id = $1 AND status = $2 AND version = $3 RETURNING *"
-_TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {_CAS}"
-_STORE_IMAGE = (
-    "UPDATE task_images SET url = $2, stored_at = now(), updated_at = now(), last_error = NULL"
-    " WHERE id = $1 AND url IS NULL"
-)
+_CAS = "WHERE id = $1 AND status = $2 AND version = $3"
+_TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {_CAS} RETURNING *"
+_OUTBOX_COLUMNS = "exchange, routing_key, body, headers, message_id, correlation_id"
 _SET_PROVIDER_TASK = (
     "UPDATE task_images SET provider_task_id = $2, updated_at = now(),"
     " submits = submits + 1, submit_started_at = NULL WHERE id = $1"
@@ -65,10 +65,7 @@ _START_SUBMIT = (
     "UPDATE task_images SET submit_started_at = now(),"
     " unrecorded_submits = unrecorded_submits + $2 WHERE id = $1"
 )
-_INSERT_OUTBOX = (
-    "INSERT INTO outbox (exchange, routing_key, body, headers, message_id, correlation_id)"
-    " VALUES ($1, $2, $3, $4, $5, $6)"
-)
+_INSERT_OUTBOX = f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
 _CLAIM_OUTBOX = "SELECT * FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
 _DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
@@ -89,6 +86,45 @@ def _json(value: dict[str, Any] | None) -> str | None:
     return None if value is None else json.dumps(value, separators=(",", ":"))
 
 
+def _outbox_values(message: Outgoing) -> tuple[str | None, ...]:
+    return (
+        message.exchange,
+        message.routing_key,
+        _json(message.body),
+        _json(message.headers or None),
+        message.message_id,
+        message.correlation_id,
+    )
+
+
+def _split(rows: Sequence[Any]) -> tuple[TaskRow | None, list[ImageRow]]:
+    """A task joined with its images (columns prefixed) back into rows."""
+    if not rows:
+        return None, []
+    task = {k: v for k, v in rows[0].items() if not k.startswith(_IMAGE_PREFIX)}
+    images: list[ImageRow] = []
+    for row in rows:
+        image = {k[len(_IMAGE_PREFIX) :]: v for k, v in row.items() if k.startswith(_IMAGE_PREFIX)}
+        if image["id"] is not None:
+            images.append(ImageRow.of(image))
+    return TaskRow.of(task), images
+
+
+def planned(task: TaskRow, trigger: Trigger, *, stored_now: int = 0, **values: Any) -> TaskRow:
+    """The row ``trigger`` makes of ``task``, as the state machine decides it: what a
+    compare-and-set from ``task`` writes (timestamps aside). ``IllegalTransition``
+    propagates."""
+    images_ready = task.images_ready + stored_now
+    model = TaskModel(task.status, images_ready=images_ready, image_count=task.image_count)
+    target = apply_trigger(model, trigger)
+    for column in values:
+        if column not in _TRANSITION_VALUES:
+            raise ValueError(f"a transition does not set {column!r}")
+    return replace(
+        task, status=target, version=task.version + 1, images_ready=images_ready, **values
+    )
+
+
 class Tx:
     """One transaction (or, from ``Repository.autocommit()``, single statements)."""
 
@@ -99,7 +135,7 @@ class Tx:
         row = await self.conn.fetchrow(sql, *args)
         return TaskRow.of(row) if row else None
 
-    async def insert_task(self, new: NewTask) -> TaskRow | None:
+    async def insert_task(self, new: NewTask) -> tuple[TaskRow, list[ImageRow]] | None:
         """Insert a PENDING task and its image slots; None when the id is taken."""
         row = await self._task(
             _INSERT_TASK,
@@ -111,9 +147,10 @@ class Tx:
             _json(new.meta),
             new.correlation_id,
         )
-        if row is not None:
-            await self.conn.execute(_INSERT_IMAGES, new.id, new.image_count)
-        return row
+        if row is None:
+            return None
+        images = await self.conn.fetch(_INSERT_IMAGES, new.id, new.image_count)
+        return row, sorted((ImageRow.of(r) for r in images), key=lambda i: i.index)
 
     async def get_task(self, task_id: str) -> TaskRow | None:
         return await self._task(_GET_TASK, task_id)
@@ -125,17 +162,12 @@ class Tx:
         self, task_id: str, index: int
     ) -> tuple[TaskRow | None, ImageRow | None]:
         """Both rows in one round trip."""
-        row = await self.conn.fetchrow(_GET_TASK_AND_IMAGE, task_id, index)
-        if row is None:
-            return None, None
-        task: dict[str, Any] = {}
-        image: dict[str, Any] = {}
-        for key, value in row.items():
-            if key.startswith(_IMAGE_PREFIX):
-                image[key[len(_IMAGE_PREFIX) :]] = value
-            else:
-                task[key] = value
-        return TaskRow.of(task), ImageRow.of(image) if image["id"] is not None else None
+        task, images = _split(await self.conn.fetch(_GET_TASK_AND_IMAGE, task_id, index))
+        return task, images[0] if images else None
+
+    async def get_task_with_images(self, task_id: str) -> tuple[TaskRow | None, list[ImageRow]]:
+        """The task and all its images, as of one moment, in one round trip."""
+        return _split(await self.conn.fetch(_GET_TASK_WITH_IMAGES, task_id))
 
     async def get_image(self, task_id: str, index: int) -> ImageRow | None:
         row = await self.conn.fetchrow(_GET_IMAGE, task_id, index)
@@ -149,26 +181,70 @@ class Tx:
         Returns the updated row, or None when another writer got there first (the caller
         re-reads and decides again). ``IllegalTransition`` propagates.
         """
-        images_ready = task.images_ready + stored_now
-        model = TaskModel(task.status, images_ready=images_ready, image_count=task.image_count)
-        target = apply_trigger(model, trigger)
-        args: list[Any] = [task.id, task.status.value, task.version, target.value, images_ready]
-        sets = ["status = $4", "version = version + 1", "images_ready = $5", "updated_at = now()"]
-        if target is not task.status and target in _ENTERED_AT:
-            sets.append(f"{_ENTERED_AT[target]} = now()")
-        for column, value in values.items():
-            if column not in _TRANSITION_VALUES:
-                raise ValueError(f"a transition does not set {column!r}")
+        return await self.write(task, planned(task, trigger, stored_now=stored_now, **values))
+
+    async def write(
+        self,
+        before: TaskRow,
+        after: TaskRow,
+        outgoing: Sequence[Outgoing] = (),
+        *,
+        store: tuple[ImageRow, str] | None = None,
+    ) -> TaskRow | None:
+        """Turn ``before`` into ``after`` if nobody changed the task meanwhile, in one
+        statement with the messages that announce it and, with ``store``, the image's URL.
+
+        A single statement is atomic by itself, so this needs no transaction around it:
+        the messages are built from ``after`` before the write, because a compare-and-set
+        that succeeds leaves exactly that row (see ``planned``). Returns the written row, or
+        None when another writer got there first, in which case nothing was written.
+        """
+        args: list[Any] = [before.id, before.status.value, before.version]
+
+        def arg(value: Any) -> str:
             args.append(value)
-            sets.append(f"{column} = ${len(args)}")
-        return await self._task(f"UPDATE tasks SET {', '.join(sets)} {_CAS}", *args)
+            return f"${len(args)}"
+
+        sets = [
+            f"status = {arg(after.status.value)}",
+            f"version = {arg(after.version)}",
+            f"images_ready = {arg(after.images_ready)}",
+            f"error_code = {arg(after.error_code)}",
+            f"error_message = {arg(after.error_message)}",
+            "updated_at = now()",
+        ]
+        if after.status is not before.status and after.status in _ENTERED_AT:
+            sets.append(f"{_ENTERED_AT[after.status]} = now()")
+        where = _CAS
+        ctes = []
+        if store is not None:
+            image, url = store
+            image_id = arg(image.id)
+            # The worker holds the image's lock, so this only guards against a bug.
+            where += (
+                f" AND EXISTS (SELECT 1 FROM task_images WHERE id = {image_id}"
+                f" AND url IS NULL AND dispatch = {arg(image.dispatch)})"
+            )
+            ctes.append(
+                f"stored AS (UPDATE task_images SET url = {arg(url)}, stored_at = now(),"
+                f" updated_at = now(), last_error = NULL"
+                f" WHERE id = {image_id} AND EXISTS (SELECT 1 FROM t))"
+            )
+        if outgoing:
+            columns = list(zip(*(_outbox_values(m) for m in outgoing), strict=True))
+            arrays = ", ".join(f"{arg(list(c))}::text[]" for c in columns)
+            ctes.append(
+                f"sent AS (INSERT INTO outbox ({_OUTBOX_COLUMNS})"
+                " SELECT e, r, b::jsonb, h::jsonb, m, c"
+                f" FROM unnest({arrays}) AS o(e, r, b, h, m, c) WHERE EXISTS (SELECT 1 FROM t))"
+            )
+        update = f"UPDATE tasks SET {', '.join(sets)} {where} RETURNING *"
+        sql = f"WITH {', '.join([f't AS ({update})', *ctes])} SELECT * FROM t"
+        return await self._task(sql, *args)
 
     async def touch(self, task: TaskRow) -> TaskRow | None:
         """Raise the version (an event without a status change), if nobody changed the task."""
         return await self._task(_TOUCH, task.id, task.status.value, task.version)
-
-    async def store_image(self, image: ImageRow, url: str) -> bool:
-        return bool(await self.conn.execute(_STORE_IMAGE, image.id, url) == "UPDATE 1")
 
     async def set_provider_task(self, image: ImageRow, provider_task_id: str) -> None:
         """Remember the provider task of an image; it counts as a submit."""
@@ -206,20 +282,7 @@ class Tx:
     async def add_outbox(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        await self.conn.executemany(
-            _INSERT_OUTBOX,
-            [
-                (
-                    m.exchange,
-                    m.routing_key,
-                    _json(m.body),
-                    _json(m.headers or None),
-                    m.message_id,
-                    m.correlation_id,
-                )
-                for m in messages
-            ],
-        )
+        await self.conn.executemany(_INSERT_OUTBOX, [_outbox_values(m) for m in messages])
 
     async def claim_outbox(self, limit: int) -> list[OutboxRow]:
         """Lock up to ``limit`` unsent rows that no other relay holds, oldest first."""
@@ -281,11 +344,9 @@ class Repository:
             return await work(tx)
 
     async def get_task(self, task_id: str) -> tuple[TaskRow, list[ImageRow]] | None:
-        async with self.transaction() as tx:
-            task = await tx.get_task(task_id)
-            if task is None:
-                return None
-            return task, await tx.get_images(task_id)
+        async with self.autocommit() as tx:
+            task, images = await tx.get_task_with_images(task_id)
+        return None if task is None else (task, images)
 
     async def ping(self) -> None:
         async with checkout(self.engine) as conn:

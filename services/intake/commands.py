@@ -43,8 +43,8 @@ async def create_task(
     repo: Repository, events: Events, new: NewTask, slots: ProviderSlots | None = None
 ) -> Created:
     async with repo.transaction() as tx:
-        task = await tx.insert_task(new)
-        if task is None:
+        inserted = await tx.insert_task(new)
+        if inserted is None:
             existing = await tx.get_task(new.id)
             if existing is None:  # deleted in between; let the caller's redelivery try again
                 raise LostRace()
@@ -52,7 +52,7 @@ async def create_task(
                 raise Conflict(existing)
             log.info("duplicate task.created ignored", action="duplicate", task_id=new.id)
             return Created(existing, duplicate=True)
-        images = await tx.get_images(task.id)
+        task, images = inserted
         await tx.add_outbox(
             [
                 events.status(task, "task.status.pending", previous=None),

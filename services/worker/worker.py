@@ -22,7 +22,7 @@ from services.config import Settings
 from services.db.errors import DatabaseUnavailable, LostRace
 from services.db.locks import ProviderSlots
 from services.db.pacing import SubmitPacer
-from services.db.repository import Repository, Tx
+from services.db.repository import Repository, Tx, planned
 from services.db.rows import ImageRow, TaskRow
 from services.events import Events
 from services.logs import get_logger
@@ -38,6 +38,7 @@ from statemachine import FailNow, RetryLater, TaskStatus, Trigger, decide
 
 log = get_logger("imagegen.worker")
 PROVIDER_ID_WRITE_TRIES = 8
+CAS_TRIES = 50
 
 
 @dataclass(frozen=True)
@@ -111,30 +112,18 @@ class ImageWorker:
 
     async def _begin(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow]:
         """Check the message is still live and, for a task's first image, start the task.
-        Taken while this worker holds the image and a slot; a plain read suffices unless
-        the task must start (the start is a compare-and-set with its event)."""
+        Taken while this worker holds the image and a slot; the start is a compare-and-set
+        written with its event, and a task's images usually try it together."""
         async with self.repo.autocommit() as tx:
-            task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
-        if task.status is not TaskStatus.PENDING:
-            return task, image
-
-        async def start(tx: Tx) -> tuple[TaskRow, ImageRow]:
-            task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
-            if task.status is not TaskStatus.PENDING:
-                return task, image
-            started = await tx.transition(task, Trigger.START)
-            if started is None:
-                # A task's images usually start together and one of them won: what it
-                # committed is visible to the next statement, so read again in here.
+            for _ in range(CAS_TRIES):
                 task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
-                if task.status is TaskStatus.PENDING:
-                    raise LostRace()
-                return task, image
-            await tx.add_outbox([self.events.changed(started, task.status)])
-            log.info("task started", action="task_started", task_id=task.id)
-            return started, image
-
-        return await self.repo.atomic(start)
+                if task.status is not TaskStatus.PENDING:
+                    return task, image
+                started = planned(task, Trigger.START)
+                if await tx.write(task, started, [self.events.changed(started, task.status)]):
+                    log.info("task started", action="task_started", task_id=task.id)
+                    return started, image
+        raise LostRace()
 
     @staticmethod
     def _live(
@@ -249,41 +238,29 @@ class ImageWorker:
         raise ProviderTaskLost(f"provider task {result.task_id} is {result.status.value}")
 
     async def _store(self, msg: ImageMessage, url: str) -> None:
-        def storable(task: TaskRow | None) -> TaskRow:
-            if task is None:
-                raise Reject(f"task {msg.task_id} vanished while its image was generated")
-            if task.status is not TaskStatus.GENERATING_IMAGES:
-                raise Drop(f"task {task.id} is {task.status.value}; the image is not stored")
-            return task
-
-        async def work(tx: Tx) -> TaskRow:
-            found, image = await tx.get_task_and_image(msg.task_id, msg.index)
-            if image is None:
-                raise Reject(f"task {msg.task_id} vanished while its image was generated")
-            if image.stored:
-                raise Drop(f"image {msg.task_id}/{msg.index} was stored meanwhile")
-            task = storable(found)
-            await tx.store_image(image, url)
-            row = await tx.transition(task, Trigger.STORE_IMAGE, stored_now=1)
-            if row is None:
-                # Another image of the task was stored since the read (they finish close
-                # together): what it committed is visible to the next statement.
-                task = storable(await tx.get_task(msg.task_id))
-                row = await tx.transition(task, Trigger.STORE_IMAGE, stored_now=1)
-                if row is None:
-                    raise LostRace()
-            stored = replace(image, url=url)
-            outgoing = [self.events.image_ready(replace(row, status=task.status), stored)]
-            if row.status is TaskStatus.IMAGES_READY:
-                final = await tx.touch(row)
-                assert final is not None  # this transaction holds the row
-                images = await tx.get_images(task.id)
-                outgoing.append(self.events.changed(final, task.status, images=images))
-                row = final
-            await tx.add_outbox(outgoing)
-            return row
-
-        row = await self.repo.atomic(work)
+        async with self.repo.autocommit() as tx:
+            for _ in range(CAS_TRIES):
+                found, images = await tx.get_task_with_images(msg.task_id)
+                image = next((i for i in images if i.index == msg.index), None)
+                if found is None or image is None:
+                    raise Reject(f"task {msg.task_id} vanished while its image was generated")
+                if image.stored:
+                    raise Drop(f"image {msg.task_id}/{msg.index} was stored meanwhile")
+                if found.status is not TaskStatus.GENERATING_IMAGES:
+                    raise Drop(f"task {found.id} is {found.status.value}; the image is not stored")
+                stored = replace(image, url=url)
+                row = planned(found, Trigger.STORE_IMAGE, stored_now=1)
+                outgoing = [self.events.image_ready(replace(row, status=found.status), stored)]
+                if row.status is TaskStatus.IMAGES_READY:
+                    row = replace(row, version=row.version + 1)
+                    done = [stored if i.index == msg.index else i for i in images]
+                    outgoing.append(self.events.changed(row, found.status, images=done))
+                # Another image of the task may be stored meanwhile (they finish close
+                # together): then nothing is written, and the next pass sees that image.
+                if await tx.write(found, row, outgoing, store=(image, url)):
+                    break
+            else:
+                raise LostRace()
         metrics.IMAGES_STORED.inc()
         log.info(
             f"image {row.images_ready}/{row.image_count} stored",

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from dataclasses import replace
 
 import pytest
 
-from services.db.errors import LostRace
-from services.db.repository import Repository, Tx
+from services.broker.topology import Topology
+from services.db.repository import Repository, Tx, planned
 from services.db.rows import NewTask, TaskRow
+from services.events import Events
 from statemachine import IllegalTransition, TaskStatus, Trigger
+
+EVENTS = Events(Topology("test-repository"))
 
 
 def _new(**kw: object) -> NewTask:
@@ -25,9 +29,9 @@ def _new(**kw: object) -> NewTask:
 
 async def _create(repo: Repository, **kw: object) -> TaskRow:
     async with repo.transaction() as tx:
-        row = await tx.insert_task(_new(**kw))
-    assert row is not None
-    return row
+        inserted = await tx.insert_task(_new(**kw))
+    assert inserted is not None
+    return inserted[0]
 
 
 async def test_a_new_task_is_pending_at_version_one_with_its_image_slots(repo: Repository) -> None:
@@ -79,18 +83,15 @@ async def test_the_last_two_images_finishing_together_make_one_images_ready(
     barrier = asyncio.Barrier(2)
 
     async def store(index: int) -> TaskStatus:
-        async def work(tx: Tx) -> TaskStatus:
-            current = await tx.get_task(task.id)
-            image = await tx.get_image(task.id, index)
-            assert current is not None and image is not None
-            await tx.store_image(image, f"https://img/{index}")
-            row = await tx.transition(current, Trigger.STORE_IMAGE, stored_now=1)
-            if row is None:
-                raise LostRace()  # rolled back; the loser re-reads and decides again
-            return row.status
-
         await barrier.wait()
-        return await repo.atomic(work)
+        async with repo.autocommit() as tx:
+            while True:  # the loser re-reads and decides again
+                current, images = await tx.get_task_with_images(task.id)
+                assert current is not None
+                after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
+                row = await tx.write(current, after, store=(images[index], f"https://img/{index}"))
+                if row is not None:
+                    return row.status
 
     outcomes = await asyncio.gather(store(0), store(1))
     assert sorted(outcomes) == sorted([TaskStatus.GENERATING_IMAGES, TaskStatus.IMAGES_READY])
@@ -101,6 +102,7 @@ async def test_the_last_two_images_finishing_together_make_one_images_ready(
         2,
         started.version + 2,
     )
+    assert [i.url for i in found[1]] == ["https://img/0", "https://img/1"]
 
 
 async def test_an_illegal_trigger_raises_and_writes_nothing(repo: Repository) -> None:
@@ -110,3 +112,57 @@ async def test_an_illegal_trigger_raises_and_writes_nothing(repo: Repository) ->
             await tx.transition(task, Trigger.COMPLETE)
     found = await repo.get_task(task.id)
     assert found is not None and found[0].version == task.version
+
+
+class _Undo(Exception):
+    """Rolls a test's transaction back, so no relay ever sees its outbox rows."""
+
+
+async def _outbox_ids(tx: Tx, task_id: str) -> list[str]:
+    rows = await tx.conn.fetch(
+        "SELECT message_id FROM outbox WHERE body->>'task_id' = $1 ORDER BY id", task_id
+    )
+    return [r["message_id"] for r in rows]
+
+
+async def test_a_write_lands_with_its_messages_and_image_url_in_one_statement(
+    repo: Repository,
+) -> None:
+    task = await _create(repo, image_count=2)
+    with pytest.raises(_Undo):
+        async with repo.transaction() as tx:
+            started = await tx.transition(task, Trigger.START)
+            assert started is not None
+            current, images = await tx.get_task_with_images(task.id)
+            assert current is not None
+            after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
+            message = EVENTS.image_ready(after, replace(images[1], url="https://img/1"))
+            row = await tx.write(current, after, [message], store=(images[1], "https://img/1"))
+            assert row is not None
+            assert (row.images_ready, row.version) == (1, started.version + 1)
+            _, stored = await tx.get_task_with_images(task.id)
+            assert [i.url for i in stored] == [None, "https://img/1"]
+            assert await _outbox_ids(tx, task.id) == [message.message_id]
+            raise _Undo()
+
+
+async def test_a_write_that_loses_the_race_writes_neither_row_nor_url_nor_messages(
+    repo: Repository,
+) -> None:
+    task = await _create(repo, image_count=2)
+    with pytest.raises(_Undo):
+        async with repo.transaction() as tx:
+            started = await tx.transition(task, Trigger.START)
+            assert started is not None
+            stale, images = await tx.get_task_with_images(task.id)
+            assert stale is not None
+            assert await tx.touch(stale) is not None  # someone else changes the task
+            after = planned(stale, Trigger.STORE_IMAGE, stored_now=1)
+            message = EVENTS.image_ready(after, replace(images[0], url="https://img/0"))
+            assert await tx.write(stale, after, [message], store=(images[0], "x")) is None
+            current, unchanged = await tx.get_task_with_images(task.id)
+            assert current is not None
+            assert (current.images_ready, current.version) == (0, started.version + 1)
+            assert all(i.url is None for i in unchanged)
+            assert await _outbox_ids(tx, task.id) == []
+            raise _Undo()
