@@ -26,6 +26,7 @@ from services.provider.errors import (
     ProviderTimeout,
     ProviderTransportError,
 )
+from services.provider.transport import ProviderTransport
 
 SUBMIT_PATH = "/services/aigc/text2image/image-synthesis"
 #: The official SDK's poll rhythm: 1, 1, 2, 2, 2, 4, 4, 4, then 5 s for ever.
@@ -237,7 +238,7 @@ class DashScopeClient:
             base_url=base_url.rstrip("/"),
             headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            limits=httpx.Limits(max_connections=max_connections),
+            transport=ProviderTransport(limits=httpx.Limits(max_connections=max_connections)),
         )
         # Result URLs point at object storage: a client without the key, so it never leaks.
         self._downloads = httpx.AsyncClient(

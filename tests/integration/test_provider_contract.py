@@ -3,6 +3,7 @@ every task status, the exact request shape, and timeouts."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,9 +17,11 @@ from services.provider.errors import (
     ProviderConnectError,
     ProviderHTTPError,
     ProviderTimeout,
+    ProviderTransportError,
 )
 from services.provider.simulator import RunningSimulator, SimConfig, running_simulator
 from services.provider.simulator.server import free_port
+from tests.proxy import Proxy
 from tests.unit.test_retry_policy import PROVIDER_TABLE
 
 KEY = "sk-contract-test-key"
@@ -288,6 +291,31 @@ async def test_a_hanging_submit_ends_in_an_ambiguous_timeout_within_the_configur
         await slow.aclose()
     assert time.monotonic() - started < 2
     assert raised.value.ambiguous, "the submit may have been billed"
+
+
+async def test_a_connection_lost_after_the_submit_went_out_is_ambiguous(
+    sim: RunningSimulator,
+) -> None:
+    sim.sim.configure({"hang_s": 30})
+    host, port = httpx.URL(sim.base_url).host, httpx.URL(sim.base_url).port
+    assert port is not None
+    proxy = Proxy(host, port)
+    await proxy.start()
+    through = sim.base_url.replace(f":{port}/", f":{proxy.port}/")
+    cut = DashScopeClient(through, SecretStr(KEY), "wanx2.1-t2i-turbo", read_timeout_s=5.0)
+    try:
+        submit = asyncio.create_task(cut.submit("x [sim:hang]"))
+        for _ in range(500):  # until the request has reached the provider
+            if sim.sim.stats.submits:
+                break
+            await asyncio.sleep(0.01)
+        assert sim.sim.stats.submits == 1
+        await proxy.stop()
+        with pytest.raises(ProviderTransportError) as raised:
+            await submit
+    finally:
+        await cut.aclose()
+    assert raised.value.ambiguous, "the provider got the submit and may have billed it"
 
 
 async def test_an_unreachable_provider_is_a_connect_error_that_provably_sent_nothing() -> None:
