@@ -1,8 +1,8 @@
 """The HTTP transport under the provider client: httpx's API over aiohttp's connection pool.
 
 httpx's own pool (httpcore over anyio) costs about four times the CPU per request at the
-concurrency a worker runs (bench/README.md, "Hot path"); aiohttp parses in C and keeps its
-pool cheap. The client code still speaks httpx only.
+concurrency a worker runs (docs/ARCHITECTURE.md, "The per-image hot path"); aiohttp parses
+in C and keeps its pool cheap. The client code still speaks httpx only.
 
 What a failure means matters more here than anywhere: a submit is billed, and one that
 provably never left may be sent again while one that might have arrived may not. The
