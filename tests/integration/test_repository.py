@@ -10,7 +10,7 @@ import pytest
 
 from services.broker.topology import Topology
 from services.db.repository import Repository, Tx, planned
-from services.db.rows import NewTask, TaskRow
+from services.db.rows import ImageRow, NewTask, TaskRow
 from services.events import Events
 from statemachine import IllegalTransition, TaskStatus, Trigger
 
@@ -125,21 +125,26 @@ async def _outbox_ids(tx: Tx, task_id: str) -> list[str]:
     return [r["message_id"] for r in rows]
 
 
+async def _started(tx: Tx, task: TaskRow) -> tuple[TaskRow, list[ImageRow]]:
+    """Start ``task`` and read it back with its images."""
+    assert await tx.transition(task, Trigger.START) is not None
+    current, images = await tx.get_task_with_images(task.id)
+    assert current is not None
+    return current, images
+
+
 async def test_a_write_lands_with_its_messages_and_image_url_in_one_statement(
     repo: Repository,
 ) -> None:
     task = await _create(repo, image_count=2)
     with pytest.raises(_Undo):
         async with repo.transaction() as tx:
-            started = await tx.transition(task, Trigger.START)
-            assert started is not None
-            current, images = await tx.get_task_with_images(task.id)
-            assert current is not None
+            current, images = await _started(tx, task)
             after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
             message = EVENTS.image_ready(after, replace(images[1], url="https://img/1"))
             row = await tx.write(current, after, [message], store=(images[1], "https://img/1"))
             assert row is not None
-            assert (row.images_ready, row.version) == (1, started.version + 1)
+            assert (row.images_ready, row.version) == (1, current.version + 1)
             _, stored = await tx.get_task_with_images(task.id)
             assert [i.url for i in stored] == [None, "https://img/1"]
             assert await _outbox_ids(tx, task.id) == [message.message_id]
@@ -152,17 +157,14 @@ async def test_a_write_that_loses_the_race_writes_neither_row_nor_url_nor_messag
     task = await _create(repo, image_count=2)
     with pytest.raises(_Undo):
         async with repo.transaction() as tx:
-            started = await tx.transition(task, Trigger.START)
-            assert started is not None
-            stale, images = await tx.get_task_with_images(task.id)
-            assert stale is not None
+            stale, images = await _started(tx, task)
             assert await tx.touch(stale) is not None  # someone else changes the task
             after = planned(stale, Trigger.STORE_IMAGE, stored_now=1)
             message = EVENTS.image_ready(after, replace(images[0], url="https://img/0"))
             assert await tx.write(stale, after, [message], store=(images[0], "x")) is None
             current, unchanged = await tx.get_task_with_images(task.id)
             assert current is not None
-            assert (current.images_ready, current.version) == (0, started.version + 1)
+            assert (current.images_ready, current.version) == (0, stale.version + 1)
             assert all(i.url is None for i in unchanged)
             assert await _outbox_ids(tx, task.id) == []
             raise _Undo()
