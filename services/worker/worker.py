@@ -70,6 +70,10 @@ class ImageMessage:
         return message
 
 
+def _at(images: list[ImageRow], index: int) -> ImageRow | None:
+    return next((i for i in images if i.index == index), None)
+
+
 def _provider_code(exc: ProviderError) -> str:
     failure = exc.failure
     return failure.code or (str(failure.http_status) if failure.http_status else "transport")
@@ -99,30 +103,32 @@ class ImageWorker:
             if not held:
                 raise Drop(f"image {msg.task_id}/{msg.index} is held by another worker")
             try:
-                task, image = await self._begin(msg)
+                task, image, images = await self._begin(msg)
                 log.info("image started", action="image_started", **fields)
                 try:
                     url = await self._generate(task, image)
                 except ProviderError as exc:
                     await self._failed(msg, image, exc)
                     return
-                await self._store(msg, url)
+                await self._store(msg, url, task, images)
             finally:
                 log.info("slot freed", action="slot_freed", **fields)
 
-    async def _begin(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow]:
+    async def _begin(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow, list[ImageRow]]:
         """Check the message is still live and, for a task's first image, start the task.
         Taken while this worker holds the image and a slot; the start is a compare-and-set
-        written with its event, and a task's images usually try it together."""
+        written with its event, and a task's images usually try it together. Returns the
+        image and the task's images, the store's first guess of the task's state."""
         async with self.repo.autocommit() as tx:
             for _ in range(CAS_TRIES):
-                task, image = self._live(msg, *await tx.get_task_and_image(msg.task_id, msg.index))
+                task, images = await tx.get_task_with_images(msg.task_id)
+                task, image = self._live(msg, task, _at(images, msg.index))
                 if task.status is not TaskStatus.PENDING:
-                    return task, image
+                    return task, image, images
                 started = planned(task, Trigger.START)
                 if await tx.write(task, started, [self.events.changed(started, task.status)]):
                     log.info("task started", action="task_started", task_id=task.id)
-                    return started, image
+                    return started, image, images
         raise LostRace()
 
     @staticmethod
@@ -237,11 +243,17 @@ class ImageWorker:
         metrics.PROVIDER_CALLS.labels("task", result.status.value.lower(), "").inc()
         raise ProviderTaskLost(f"provider task {result.task_id} is {result.status.value}")
 
-    async def _store(self, msg: ImageMessage, url: str) -> None:
+    async def _store(
+        self, msg: ImageMessage, url: str, task: TaskRow, images: list[ImageRow]
+    ) -> None:
+        """Store the image's URL, and finish the task with its last image. The first try
+        writes against the task as ``_begin`` read it, saving a read when nothing changed."""
+        found: TaskRow | None = task
         async with self.repo.autocommit() as tx:
-            for _ in range(CAS_TRIES):
-                found, images = await tx.get_task_with_images(msg.task_id)
-                image = next((i for i in images if i.index == msg.index), None)
+            for tries in range(CAS_TRIES):
+                if tries:
+                    found, images = await tx.get_task_with_images(msg.task_id)
+                image = _at(images, msg.index)
                 if found is None or image is None:
                     raise Reject(f"task {msg.task_id} vanished while its image was generated")
                 if image.stored:
@@ -256,7 +268,7 @@ class ImageWorker:
                     done = [stored if i.index == msg.index else i for i in images]
                     outgoing.append(self.events.changed(row, found.status, images=done))
                 # Another image of the task may be stored meanwhile (they finish close
-                # together): then nothing is written, and the next pass sees that image.
+                # together): then nothing is written, and the next pass reads the task again.
                 if await tx.write(found, row, outgoing, store=(image, url)):
                     break
             else:
