@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -34,13 +35,18 @@ _ENTERED_AT = {
 # Columns a transition may also set from a value (never from outside input).
 _TRANSITION_VALUES = frozenset({"error_code", "error_message"})
 
+_NEXT_IMAGE_IDS = (
+    "SELECT nextval(pg_get_serial_sequence('task_images', 'id')) FROM generate_series(1, $1)"
+)
 _INSERT_TASK = (
     "INSERT INTO tasks (id, user_id, prompt, status, version, image_count, metadata,"
-    " correlation_id) VALUES ($1, $2, $3, $4, 1, $5, $6, $7)"
+    " correlation_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     " ON CONFLICT (id) DO NOTHING RETURNING *"
 )
 _INSERT_IMAGES = (
-    'INSERT INTO task_images (task_id, "index") SELECT $1, generate_series(0, $2 - 1) RETURNING *'
+    'INSERT INTO task_images (id, task_id, "index")'
+    " SELECT u.id, $1, u.n - 1 FROM unnest($9::bigint[]) WITH ORDINALITY AS u(id, n)"
+    " WHERE EXISTS (SELECT 1 FROM t)"
 )
 _GET_TASK = "SELECT * FROM tasks WHERE id = $1"
 _GET_IMAGES = 'SELECT * FROM task_images WHERE task_id = $1 ORDER BY "index"'
@@ -97,6 +103,63 @@ def _outbox_values(message: Outgoing) -> tuple[str | None, ...]:
     )
 
 
+def _outbox_cte(messages: Sequence[Outgoing], args: list[Any]) -> list[str]:
+    """The common table expression that queues ``messages`` if the statement's ``t``
+    (the row it writes) is not empty; its values are appended to ``args``."""
+    if not messages:
+        return []
+    arrays = []
+    for column in zip(*(_outbox_values(m) for m in messages), strict=True):
+        args.append(list(column))
+        arrays.append(f"${len(args)}::text[]")
+    return [
+        f"sent AS (INSERT INTO outbox ({_OUTBOX_COLUMNS})"
+        " SELECT e, r, b::jsonb, h::jsonb, m, c"
+        f" FROM unnest({', '.join(arrays)}) AS o(e, r, b, h, m, c) WHERE EXISTS (SELECT 1 FROM t))"
+    ]
+
+
+def new_rows(new: NewTask, image_ids: Sequence[int]) -> tuple[TaskRow, list[ImageRow]]:
+    """The rows inserting ``new`` creates, the columns' defaults included (timestamps
+    aside: the database sets them)."""
+    now = datetime.now(UTC)
+    task = TaskRow(
+        id=new.id,
+        user_id=new.user_id,
+        prompt=new.prompt,
+        status=TaskStatus.PENDING,
+        version=1,
+        image_count=new.image_count,
+        images_ready=0,
+        meta=new.meta,
+        correlation_id=new.correlation_id,
+        error_code=None,
+        error_message=None,
+        created_at=now,
+        updated_at=now,
+        image_generation_started_at=None,
+        image_generation_completed_at=None,
+        failed_at=None,
+        cancelled_at=None,
+    )
+    images = [
+        ImageRow(
+            id=image_id,
+            task_id=new.id,
+            index=index,
+            url=None,
+            stored_at=None,
+            provider_task_id=None,
+            attempts=0,
+            dispatch=0,
+            submits=0,
+            last_error=None,
+        )
+        for index, image_id in enumerate(image_ids)
+    ]
+    return task, images
+
+
 def _split(rows: Sequence[Any]) -> tuple[TaskRow | None, list[ImageRow]]:
     """A task joined with its images (columns prefixed) back into rows."""
     if not rows:
@@ -135,22 +198,31 @@ class Tx:
         row = await self.conn.fetchrow(sql, *args)
         return TaskRow.of(row) if row else None
 
-    async def insert_task(self, new: NewTask) -> tuple[TaskRow, list[ImageRow]] | None:
-        """Insert a PENDING task and its image slots; None when the id is taken."""
-        row = await self._task(
-            _INSERT_TASK,
-            new.id,
-            new.user_id,
-            new.prompt,
-            TaskStatus.PENDING.value,
-            new.image_count,
-            _json(new.meta),
-            new.correlation_id,
-        )
-        if row is None:
-            return None
-        images = await self.conn.fetch(_INSERT_IMAGES, new.id, new.image_count)
-        return row, sorted((ImageRow.of(r) for r in images), key=lambda i: i.index)
+    async def insert_task(
+        self, new: NewTask, announce: Callable[[TaskRow, list[ImageRow]], Sequence[Outgoing]]
+    ) -> tuple[TaskRow, list[ImageRow]] | None:
+        """Insert a PENDING task, its image slots and the messages ``announce`` makes of
+        them, in one statement; None, with nothing written, when the id is taken.
+
+        The image ids are drawn first, so the messages (which name them) can be built
+        before the write, from the rows the insert leaves (see ``new_rows``)."""
+        ids = [r[0] for r in await self.conn.fetch(_NEXT_IMAGE_IDS, new.image_count)]
+        task, images = new_rows(new, ids)
+        args: list[Any] = [
+            task.id,
+            task.user_id,
+            task.prompt,
+            task.status.value,
+            task.version,
+            task.image_count,
+            _json(task.meta),
+            task.correlation_id,
+            ids,
+        ]
+        ctes = [f"t AS ({_INSERT_TASK})", f"i AS ({_INSERT_IMAGES})"]
+        ctes += _outbox_cte(announce(task, images), args)
+        row = await self._task(f"WITH {', '.join(ctes)} SELECT * FROM t", *args)
+        return None if row is None else (row, images)
 
     async def get_task(self, task_id: str) -> TaskRow | None:
         return await self._task(_GET_TASK, task_id)
@@ -230,14 +302,7 @@ class Tx:
                 f" updated_at = now(), last_error = NULL"
                 f" WHERE id = {image_id} AND EXISTS (SELECT 1 FROM t))"
             )
-        if outgoing:
-            columns = list(zip(*(_outbox_values(m) for m in outgoing), strict=True))
-            arrays = ", ".join(f"{arg(list(c))}::text[]" for c in columns)
-            ctes.append(
-                f"sent AS (INSERT INTO outbox ({_OUTBOX_COLUMNS})"
-                " SELECT e, r, b::jsonb, h::jsonb, m, c"
-                f" FROM unnest({arrays}) AS o(e, r, b, h, m, c) WHERE EXISTS (SELECT 1 FROM t))"
-            )
+        ctes += _outbox_cte(outgoing, args)
         update = f"UPDATE tasks SET {', '.join(sets)} {where} RETURNING *"
         sql = f"WITH {', '.join([f't AS ({update})', *ctes])} SELECT * FROM t"
         return await self._task(sql, *args)

@@ -1,4 +1,4 @@
-"""Creating and cancelling tasks: one transaction each, events through the outbox.
+"""Creating and cancelling tasks: each one atomic write, events through the outbox.
 
 Both doors (the ``task.created`` / ``task.cancel`` events and the admin HTTP routes) go
 through these functions, so they behave the same.
@@ -12,7 +12,7 @@ from enum import StrEnum
 from services.db.errors import LostRace
 from services.db.locks import ProviderSlots
 from services.db.repository import Repository, Tx
-from services.db.rows import NewTask, TaskRow
+from services.db.rows import ImageRow, NewTask, Outgoing, TaskRow
 from services.errors import ImagegenError
 from services.events import Events
 from services.logs import get_logger
@@ -42,8 +42,14 @@ class Created:
 async def create_task(
     repo: Repository, events: Events, new: NewTask, slots: ProviderSlots | None = None
 ) -> Created:
-    async with repo.transaction() as tx:
-        inserted = await tx.insert_task(new)
+    def announce(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
+        return [
+            events.status(task, "task.status.pending", previous=None),
+            *(events.image_message(image) for image in images),
+        ]
+
+    async with repo.autocommit() as tx:
+        inserted = await tx.insert_task(new, announce)
         if inserted is None:
             existing = await tx.get_task(new.id)
             if existing is None:  # deleted in between; let the caller's redelivery try again
@@ -52,13 +58,7 @@ async def create_task(
                 raise Conflict(existing)
             log.info("duplicate task.created ignored", action="duplicate", task_id=new.id)
             return Created(existing, duplicate=True)
-        task, images = inserted
-        await tx.add_outbox(
-            [
-                events.status(task, "task.status.pending", previous=None),
-                *(events.image_message(image) for image in images),
-            ]
-        )
+        task, _ = inserted
     running = f"{await slots.running()}/{slots.size}" if slots is not None else None
     log.info(
         "task queued",

@@ -10,7 +10,7 @@ import pytest
 
 from services.broker.topology import Topology
 from services.db.repository import Repository, Tx, planned
-from services.db.rows import ImageRow, NewTask, TaskRow
+from services.db.rows import ImageRow, NewTask, Outgoing, TaskRow
 from services.events import Events
 from statemachine import IllegalTransition, TaskStatus, Trigger
 
@@ -27,9 +27,13 @@ def _new(**kw: object) -> NewTask:
     return NewTask(**base)  # type: ignore[arg-type]
 
 
+def _silent(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
+    return []
+
+
 async def _create(repo: Repository, **kw: object) -> TaskRow:
-    async with repo.transaction() as tx:
-        inserted = await tx.insert_task(_new(**kw))
+    async with repo.autocommit() as tx:
+        inserted = await tx.insert_task(_new(**kw), _silent)
     assert inserted is not None
     return inserted[0]
 
@@ -46,8 +50,8 @@ async def test_a_new_task_is_pending_at_version_one_with_its_image_slots(repo: R
 
 async def test_inserting_the_same_task_id_twice_keeps_the_first(repo: Repository) -> None:
     task = await _create(repo)
-    async with repo.transaction() as tx:
-        assert await tx.insert_task(_new(id=task.id, prompt="other")) is None
+    async with repo.autocommit() as tx:
+        assert await tx.insert_task(_new(id=task.id, prompt="other"), _silent) is None
     found = await repo.get_task(task.id)
     assert found is not None and found[0].prompt == "a cat"
 
@@ -167,4 +171,43 @@ async def test_a_write_that_loses_the_race_writes_neither_row_nor_url_nor_messag
             assert (current.images_ready, current.version) == (0, stale.version + 1)
             assert all(i.url is None for i in unchanged)
             assert await _outbox_ids(tx, task.id) == []
+            raise _Undo()
+
+
+def _announce(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
+    return [EVENTS.status(task, "task.status.pending", previous=None)] + [
+        EVENTS.image_message(image) for image in images
+    ]
+
+
+async def test_a_new_task_is_written_with_the_image_rows_and_messages_it_was_announced_with(
+    repo: Repository,
+) -> None:
+    with pytest.raises(_Undo):
+        async with repo.transaction() as tx:
+            announced: list[Outgoing] = []
+
+            def announce(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
+                announced.extend(_announce(task, images))
+                return announced
+
+            inserted = await tx.insert_task(_new(image_count=3, meta={"k": "v"}), announce)
+            assert inserted is not None
+            task, images = inserted
+            stored_task, stored_images = await tx.get_task_with_images(task.id)
+            assert stored_task == task
+            assert stored_images == images, "the planned image rows are the stored ones"
+            assert [m.body["image_id"] for m in announced[1:]] == [i.id for i in stored_images]
+            assert await _outbox_ids(tx, task.id) == [m.message_id for m in announced]
+            raise _Undo()
+
+
+async def test_creating_a_taken_task_id_queues_no_messages(repo: Repository) -> None:
+    task = await _create(repo)
+    with pytest.raises(_Undo):
+        async with repo.transaction() as tx:
+            assert await tx.insert_task(_new(id=task.id, prompt="other"), _announce) is None
+            assert await _outbox_ids(tx, task.id) == []
+            _, images = await tx.get_task_with_images(task.id)
+            assert len(images) == task.image_count
             raise _Undo()
