@@ -269,7 +269,7 @@ def tasks(count: int, prompt: str, image_count: int = 4) -> list[dict[str, Any]]
     ]
 
 
-def cpu_seconds(processes: Iterable[psutil.Popen]) -> float:
+def cpu_seconds(processes: Iterable[psutil.Process]) -> float:
     total = 0.0
     for process in processes:
         try:
@@ -278,6 +278,20 @@ def cpu_seconds(processes: Iterable[psutil.Popen]) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def cpu_by_name(processes: dict[str, psutil.Popen]) -> dict[str, float]:
+    """CPU seconds so far of each named process, and of every PostgreSQL and RabbitMQ
+    server process on the machine (nothing else uses them during a run)."""
+    totals = {name: cpu_seconds([process]) for name, process in processes.items()}
+    totals |= {"postgresql": 0.0, "rabbitmq": 0.0}
+    for process in psutil.process_iter(["name"]):
+        name = process.info["name"] or ""
+        server = "postgresql" if name.startswith("postgres") else None
+        server = "rabbitmq" if "beam" in name else server
+        if server is not None:
+            totals[server] += cpu_seconds([process])
+    return totals
 
 
 class RssSampler:

@@ -76,6 +76,12 @@ def markdown(data: dict[str, Any]) -> str:
             t["rows"],
             f"Targets: {t['targets']}.",
         )
+        if "cpu_ms_per_image" in t:
+            out += _section(
+                "Where the CPU goes (2 processes; ms per image, the servers' share included)",
+                _breakdown(t["cpu_ms_per_image"]["2"]),
+                "The benchmark's own publisher and subscriber are not counted.",
+            )
     if "utilization" in results:
         u = dict(results["utilization"])
         targets = u.pop("targets")
@@ -119,6 +125,17 @@ def markdown(data: dict[str, Any]) -> str:
     if data.get("notes"):
         out += ["## Notes", "", *data["notes"], ""]
     return "\n".join(out)
+
+
+def _breakdown(systems: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    names = list(dict.fromkeys(n for cpu in systems.values() for n in cpu))
+    rows: list[dict[str, Any]] = [
+        {"process": n, **{s: cpu.get(n, "") for s, cpu in systems.items()}} for n in names
+    ]
+    rows.append(
+        {"process": "machine", **{s: round(sum(cpu.values()), 2) for s, cpu in systems.items()}}
+    )
+    return rows
 
 
 def _pairs(

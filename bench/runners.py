@@ -9,11 +9,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import asyncpg
+import psutil
 from sqlalchemy.engine import make_url
 
 from bench.baselines import floor as floor_baseline
 from bench.baselines import original as original_baseline
-from bench.harness import RssSampler, Stage, Watcher, cpu_seconds, log, publish, tasks
+from bench.harness import (
+    RssSampler,
+    Stage,
+    Watcher,
+    cpu_by_name,
+    cpu_seconds,
+    log,
+    publish,
+    tasks,
+)
 from services.broker.topology import Topology
 
 
@@ -33,6 +43,8 @@ class Run:
     peak_running: int = 0
     latencies_s: list[float] = field(default_factory=list, repr=False)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    cpu_by_process_s: dict[str, float] = field(default_factory=dict, repr=False)
+    """CPU seconds of each process during the run, the database and broker servers too."""
     finished: bool = True
 
     @property
@@ -43,9 +55,24 @@ class Run:
     def cpu_per_image_ms(self) -> float:
         return 1000 * self.cpu_seconds / self.images_stored if self.images_stored else 0.0
 
+    def cpu_breakdown_ms(self) -> dict[str, float]:
+        """CPU milliseconds per stored image, by process (worker processes together)."""
+        if not self.images_stored:
+            return {}
+        merged: dict[str, float] = {}
+        for name, seconds in self.cpu_by_process_s.items():
+            key = name.rstrip("0123456789") + (" processes" if name[-1:].isdigit() else "")
+            merged[key] = merged.get(key, 0.0) + seconds
+        return {k: round(1000 * v / self.images_stored, 2) for k, v in merged.items()}
+
+    def _track(self, processes: dict[str, psutil.Process], before: dict[str, float]) -> None:
+        after = cpu_by_name(processes)
+        self.cpu_by_process_s = {k: after[k] - before.get(k, 0.0) for k in after}
+
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("latencies_s")
+        data.pop("cpu_by_process_s")
         data["images_per_s"] = round(self.images_per_s, 1)
         data["cpu_per_image_ms"] = round(self.cpu_per_image_ms, 2)
         data["seconds"] = round(self.seconds, 2)
@@ -108,6 +135,7 @@ async def project(
         rss = RssSampler(stage.processes)
         rss.start()
         cpu_before = cpu_seconds(service)
+        every_before = cpu_by_name(stage.processes)
         started = time.monotonic()
         await publish(
             channel,
@@ -121,6 +149,7 @@ async def project(
         if not run.finished:
             log(f"project: only {len(watcher.finished)}/{count} tasks finished")
         run.cpu_seconds = cpu_seconds(service) - cpu_before
+        run._track(stage.processes, every_before)
         run.peak_rss_mb = await rss.stop()
         _timing(run, watcher)
         if not run.seconds:
@@ -155,6 +184,7 @@ async def floor(
             for i in range(image_count)
         ]
         cpu_before = cpu_seconds(procs)
+        every_before = cpu_by_name(stage.processes)
         first = time.monotonic()
         await publish(channel, "", queue, messages)
         expected = len(messages)
@@ -163,6 +193,7 @@ async def floor(
         )
         run.seconds = time.monotonic() - first
         run.cpu_seconds = cpu_seconds(procs) - cpu_before
+        run._track(stage.processes, every_before)
         run.images_stored = await _count(stage, "SELECT count(*) FROM floor_images")
     finally:
         await stage.close([queue])

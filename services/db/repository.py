@@ -217,7 +217,7 @@ class Tx:
             task.image_count,
             _json(task.meta),
             task.correlation_id,
-            ids,
+            ids,  # $9 of _INSERT_IMAGES
         ]
         ctes = [f"t AS ({_INSERT_TASK})", f"i AS ({_INSERT_IMAGES})"]
         ctes += _outbox_cte(announce(task, images), args)
