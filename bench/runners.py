@@ -65,9 +65,13 @@ class Run:
             merged[key] = merged.get(key, 0.0) + seconds
         return {k: round(1000 * v / self.images_stored, 2) for k, v in merged.items()}
 
-    def _track(self, processes: dict[str, psutil.Process], before: dict[str, float]) -> None:
-        after = cpu_by_name(processes)
+    def measure_cpu(
+        self, before: dict[str, float], after: dict[str, float], own: list[str]
+    ) -> None:
+        """CPU of each process between two ``cpu_by_name`` readings; ``own`` names the
+        processes of the system under test, whose total is ``cpu_seconds``."""
         self.cpu_by_process_s = {k: after[k] - before.get(k, 0.0) for k in after}
+        self.cpu_seconds = sum(self.cpu_by_process_s[name] for name in own)
 
     def summary(self) -> dict[str, Any]:
         data = asdict(self)
@@ -78,6 +82,10 @@ class Run:
         data["seconds"] = round(self.seconds, 2)
         data["cpu_seconds"] = round(self.cpu_seconds, 2)
         return data
+
+
+def _names(stage: Stage, processes: list[psutil.Popen]) -> list[str]:
+    return [name for name, process in stage.processes.items() if process in processes]
 
 
 async def _count(stage: Stage, sql: str) -> int:
@@ -134,8 +142,7 @@ async def project(
         watcher = await Watcher.attach(await stage.connection.channel(), stage.namespace)
         rss = RssSampler(stage.processes)
         rss.start()
-        cpu_before = cpu_seconds(service)
-        every_before = cpu_by_name(stage.processes)
+        cpu_before = cpu_by_name(stage.processes)
         started = time.monotonic()
         await publish(
             channel,
@@ -148,8 +155,7 @@ async def project(
         run.finished = await _wait(watcher, count, seconds)
         if not run.finished:
             log(f"project: only {len(watcher.finished)}/{count} tasks finished")
-        run.cpu_seconds = cpu_seconds(service) - cpu_before
-        run._track(stage.processes, every_before)
+        run.measure_cpu(cpu_before, cpu_by_name(stage.processes), _names(stage, service))
         run.peak_rss_mb = await rss.stop()
         _timing(run, watcher)
         if not run.seconds:
@@ -183,8 +189,7 @@ async def floor(
             for t in tasks(count, "floor", image_count)
             for i in range(image_count)
         ]
-        cpu_before = cpu_seconds(procs)
-        every_before = cpu_by_name(stage.processes)
+        cpu_before = cpu_by_name(stage.processes)
         first = time.monotonic()
         await publish(channel, "", queue, messages)
         expected = len(messages)
@@ -192,8 +197,7 @@ async def floor(
             lambda: watcher.counts.get("floor.image.ready", 0) >= expected, seconds
         )
         run.seconds = time.monotonic() - first
-        run.cpu_seconds = cpu_seconds(procs) - cpu_before
-        run._track(stage.processes, every_before)
+        run.measure_cpu(cpu_before, cpu_by_name(stage.processes), _names(stage, procs))
         run.images_stored = await _count(stage, "SELECT count(*) FROM floor_images")
     finally:
         await stage.close([queue])
