@@ -106,3 +106,55 @@ async def test_each_acquire_takes_exactly_one_slot_lock(engines: list[AsyncEngin
         await hold.__aexit__(None, None, None)
     assert await slots.running() == 0
     await slots.close()
+
+
+async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
+    engines: list[AsyncEngine],
+) -> None:
+    slots = ProviderSlots(engines[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
+    await slots.connect()
+
+    async def hold() -> None:
+        async with slots.hold(9):
+            await asyncio.sleep(60)
+
+    holder = asyncio.create_task(hold())
+    await asyncio.sleep(0)  # its acquire is on the wire, the answer not back yet
+    holder.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await holder
+    for _ in range(100):
+        if await slots.running() == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await slots.running() == 0, "the slot granted meanwhile was given back"
+    async with engines[1].connect() as conn:
+        images = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = :c"
+            ),
+            {"c": slots.image_class},
+        )
+    assert images == 0
+    async with slots.hold(9) as held:
+        assert held
+    await slots.close()
+
+
+async def test_slots_freed_and_wanted_at_the_same_time_change_hands(
+    engines: list[AsyncEngine],
+) -> None:
+    slots = ProviderSlots(engines[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    first = [slots.hold(i) for i in range(4)]
+    for hold in first:
+        assert await hold.__aenter__()
+    later = [slots.hold(10 + i) for i in range(4)]
+    waiting = [asyncio.create_task(hold.__aenter__()) for hold in later]
+    await asyncio.sleep(0.05)
+    assert not any(w.done() for w in waiting), "every slot is taken"
+    await asyncio.gather(*(hold.__aexit__(None, None, None) for hold in first))
+    assert all(await asyncio.wait_for(asyncio.gather(*waiting), 5))
+    assert await slots.running() == 4
+    for hold in later:
+        await hold.__aexit__(None, None, None)
+    await slots.close()
