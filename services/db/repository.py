@@ -61,18 +61,32 @@ _GET_TASK_AND_IMAGE = f'{_TASK_JOIN_IMAGES} AND i."index" = $2 WHERE t.id = $1'
 _GET_TASK_WITH_IMAGES = f'{_TASK_JOIN_IMAGES} WHERE t.id = $1 ORDER BY i."index"'
 # Compare-and-set: only the task as it was read (same status, same version) matches.
 _CAS = "WHERE id = $1 AND status = $2 AND version = $3"
+# A write that lost its compare-and-set reads the task in the same statement. A locking
+# read, because a plain one would see the statement's snapshot: the row as it was before
+# the winner, whose commit the update may have waited for.
+_CURRENT = "current AS (SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM t) FOR SHARE)"
+_WRITTEN_OR_CURRENT = "SELECT true AS written, * FROM t UNION ALL SELECT false, * FROM current"
 _TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {_CAS} RETURNING *"
 _OUTBOX_COLUMNS = "exchange, routing_key, body, headers, message_id, correlation_id"
 _SET_PROVIDER_TASK = (
     "UPDATE task_images SET provider_task_id = $2, updated_at = now(),"
     " submits = submits + 1, submit_started_at = NULL WHERE id = $1"
 )
-_START_SUBMIT = (
-    "UPDATE task_images SET submit_started_at = now(),"
-    " unrecorded_submits = unrecorded_submits + $2 WHERE id = $1"
+# The read that finds an image live also marks its submit as going out: one round trip,
+# and the rows returned show the image as it was before the mark (one snapshot).
+_BEGIN_IMAGE = (
+    "WITH mark AS (UPDATE task_images i SET submit_started_at = now(),"
+    " unrecorded_submits = i.unrecorded_submits + (i.submit_started_at IS NOT NULL)::int"
+    " FROM tasks t WHERE i.id = $2 AND i.task_id = $1 AND i.dispatch = $3"
+    " AND i.provider_task_id IS NULL AND i.url IS NULL"
+    " AND t.id = i.task_id AND t.status = ANY($4::text[]))"
+    f" {_GET_TASK_WITH_IMAGES}"
 )
 _INSERT_OUTBOX = f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
-_CLAIM_OUTBOX = "SELECT * FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+_TAKE_OUTBOX = (
+    "DELETE FROM outbox WHERE id = ANY(ARRAY("
+    "SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING *"
+)
 _DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
 _COUNT_STATUSES = "SELECT status, count(*) FROM tasks GROUP BY status"
@@ -241,6 +255,14 @@ class Tx:
         """The task and all its images, as of one moment, in one round trip."""
         return _split(await self.conn.fetch(_GET_TASK_WITH_IMAGES, task_id))
 
+    async def begin_image(
+        self, task_id: str, image_id: int, dispatch: int
+    ) -> tuple[TaskRow | None, list[ImageRow]]:
+        """As ``get_task_with_images``, and, when image ``image_id`` is live at ``dispatch``
+        with no provider task yet, mark its submit as going out (counting an earlier mark
+        left unrecorded). The rows returned are as they were before the mark."""
+        return _split(await self.conn.fetch(_BEGIN_IMAGE, task_id, image_id, dispatch, _ACTIVE))
+
     async def get_image(self, task_id: str, index: int) -> ImageRow | None:
         row = await self.conn.fetchrow(_GET_IMAGE, task_id, index)
         return ImageRow.of(row) if row else None
@@ -253,7 +275,10 @@ class Tx:
         Returns the updated row, or None when another writer got there first (the caller
         re-reads and decides again). ``IllegalTransition`` propagates.
         """
-        return await self.write(task, planned(task, trigger, stored_now=stored_now, **values))
+        written, row = await self.write(
+            task, planned(task, trigger, stored_now=stored_now, **values)
+        )
+        return row if written else None
 
     async def write(
         self,
@@ -262,14 +287,15 @@ class Tx:
         outgoing: Sequence[Outgoing] = (),
         *,
         store: tuple[ImageRow, str] | None = None,
-    ) -> TaskRow | None:
+    ) -> tuple[bool, TaskRow | None]:
         """Turn ``before`` into ``after`` if nobody changed the task meanwhile, in one
         statement with the messages that announce it and, with ``store``, the image's URL.
 
         A single statement is atomic by itself, so this needs no transaction around it:
         the messages are built from ``after`` before the write, because a compare-and-set
-        that succeeds leaves exactly that row (see ``planned``). Returns the written row, or
-        None when another writer got there first, in which case nothing was written.
+        that succeeds leaves exactly that row (see ``planned``). Returns (True, the written
+        row); or, when another writer got there first and nothing was written, (False, the
+        task as that writer left it, None if it is gone), which saves the loser a read.
         """
         args: list[Any] = [before.id, before.status.value, before.version]
 
@@ -304,8 +330,10 @@ class Tx:
             )
         ctes += _outbox_cte(outgoing, args)
         update = f"UPDATE tasks SET {', '.join(sets)} {where} RETURNING *"
-        sql = f"WITH {', '.join([f't AS ({update})', *ctes])} SELECT * FROM t"
-        return await self._task(sql, *args)
+        ctes.append(_CURRENT)
+        sql = f"WITH {', '.join([f't AS ({update})', *ctes])} {_WRITTEN_OR_CURRENT}"
+        row = await self.conn.fetchrow(sql, *args)
+        return (bool(row["written"]), TaskRow.of(row)) if row else (False, None)
 
     async def touch(self, task: TaskRow) -> TaskRow | None:
         """Raise the version (an event without a status change), if nobody changed the task."""
@@ -314,10 +342,6 @@ class Tx:
     async def set_provider_task(self, image: ImageRow, provider_task_id: str) -> None:
         """Remember the provider task of an image; it counts as a submit."""
         await self.conn.execute(_SET_PROVIDER_TASK, image.id, provider_task_id)
-
-    async def start_submit(self, image: ImageRow, *, unrecorded: bool) -> None:
-        """Mark a submit as going out; ``unrecorded`` counts an earlier one still marked."""
-        await self.conn.execute(_START_SUBMIT, image.id, int(unrecorded))
 
     async def redispatch(
         self,
@@ -349,9 +373,10 @@ class Tx:
             return
         await self.conn.executemany(_INSERT_OUTBOX, [_outbox_values(m) for m in messages])
 
-    async def claim_outbox(self, limit: int) -> list[OutboxRow]:
-        """Lock up to ``limit`` unsent rows that no other relay holds, oldest first."""
-        return [
+    async def take_outbox(self, limit: int) -> list[OutboxRow]:
+        """Delete up to ``limit`` unsent rows that no other relay holds, and return them
+        oldest first: gone for good only if the transaction commits."""
+        rows = [
             OutboxRow(
                 id=r["id"],
                 exchange=r["exchange"],
@@ -361,8 +386,9 @@ class Tx:
                 headers=r["headers"] or {},
                 correlation_id=r["correlation_id"],
             )
-            for r in await self.conn.fetch(_CLAIM_OUTBOX, limit)
+            for r in await self.conn.fetch(_TAKE_OUTBOX, limit)
         ]
+        return sorted(rows, key=lambda row: row.id)
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
         await self.conn.execute(_DELETE_OUTBOX, list(ids))

@@ -1,8 +1,10 @@
-"""Publishes outbox rows with publisher confirms, then deletes them.
+"""Publishes outbox rows with publisher confirms, deleting them as it goes.
 
-Rows are claimed with ``FOR UPDATE SKIP LOCKED`` inside the transaction that deletes them,
-so several relays share the table without publishing a row twice on purpose; a crash
-between the confirm and the commit republishes a row, which consumers dedupe by id.
+A batch is deleted (``FOR UPDATE SKIP LOCKED``) and returned in one statement, published,
+and the deletion committed once every row is confirmed, so several relays share the table
+without publishing a row twice on purpose; a crash between the confirm and the commit
+republishes a row, which consumers dedupe by id. A batch with rows that failed rolls back,
+and only the confirmed rows are deleted again: a row the broker refuses stays, alone.
 New rows wake the relay through LISTEN/NOTIFY; a slow poll covers lost notifications.
 """
 
@@ -25,6 +27,10 @@ BATCH = 200
 FAILURE_PAUSE_S = 1.0
 
 
+class _Unsent(Exception):
+    """Rolls a batch back: some of its rows were not confirmed."""
+
+
 class Relay:
     def __init__(
         self,
@@ -42,18 +48,23 @@ class Relay:
         self._wake = asyncio.Event()
 
     async def drain_once(self) -> int:
-        """Publish one batch; returns how many rows were claimed."""
-        async with self.repo.transaction() as tx:
-            rows = await tx.claim_outbox(self.batch)
-            if not rows:
-                return 0
-            results = await asyncio.gather(
-                *(self.publisher.publish(row) for row in rows), return_exceptions=True
-            )
-            sent = [row.id for row, result in zip(rows, results, strict=True) if result is None]
-            failed = [r for r in results if isinstance(r, BaseException)]
+        """Publish one batch; returns how many rows were taken."""
+        try:
+            async with self.repo.transaction() as tx:
+                rows = await tx.take_outbox(self.batch)
+                if not rows:
+                    return 0
+                results = await asyncio.gather(
+                    *(self.publisher.publish(row) for row in rows), return_exceptions=True
+                )
+                sent = [r.id for r, result in zip(rows, results, strict=True) if result is None]
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    raise _Unsent()
+        except _Unsent:
             if sent:
-                await tx.delete_outbox(sent)
+                async with self.repo.autocommit() as tx:
+                    await tx.delete_outbox(sent)
         metrics.OUTBOX_PUBLISHED.inc(len(sent))
         if failed:
             metrics.OUTBOX_FAILED.inc(len(failed))

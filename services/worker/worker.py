@@ -116,19 +116,22 @@ class ImageWorker:
 
     async def _begin(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow, list[ImageRow]]:
         """Check the message is still live and, for a task's first image, start the task.
-        Taken while this worker holds the image and a slot; the start is a compare-and-set
-        written with its event, and a task's images usually try it together. Returns the
-        image and the task's images, the store's first guess of the task's state."""
+        Taken while this worker holds the image and a slot. The read also marks a submit as
+        going out (``_generate``). The start is a compare-and-set written with its event, and
+        a task's images usually try it together. Returns the image as first read and the
+        task's images, the store's first guess of the task's state."""
         async with self.repo.autocommit() as tx:
+            task, images = await tx.begin_image(msg.task_id, msg.image_id, msg.dispatch)
+            task, image = self._live(msg, task, _at(images, msg.index))
             for _ in range(CAS_TRIES):
-                task, images = await tx.get_task_with_images(msg.task_id)
-                task, image = self._live(msg, task, _at(images, msg.index))
                 if task.status is not TaskStatus.PENDING:
                     return task, image, images
                 started = planned(task, Trigger.START)
-                if await tx.write(task, started, [self.events.changed(started, task.status)]):
+                event = self.events.changed(started, task.status)
+                written, found = await tx.write(task, started, [event])
+                if written:
                     log.info("task started", action="task_started", task_id=task.id)
-                    return started, image, images
+                task, _ = self._live(msg, found, image)
         raise LostRace()
 
     @staticmethod
@@ -149,8 +152,8 @@ class ImageWorker:
         provider_task_id = image.provider_task_id
         submitted_at: float | None = None
         if provider_task_id is None:
+            self._check_unrecorded(task, image)
             await self.pacer.wait()
-            await self._mark_submit(task, image)
             submitted_at = time.monotonic()
             try:
                 submitted = await self.client.submit(task.prompt, n=1)
@@ -183,21 +186,22 @@ class ImageWorker:
         )
         return self._url_of(result)
 
-    async def _mark_submit(self, task: TaskRow, image: ImageRow) -> None:
-        """Record that a submit is going out. A mark left from an earlier attempt means
-        that attempt's process died before recording the answer: DashScope has no
-        idempotency key, so the submit may have been billed and is counted for review."""
-        unrecorded = image.submit_started_at is not None
-        if unrecorded:
-            metrics.UNRECORDED_SUBMITS.inc()
-            log.warning(
-                "an earlier submit's answer was never recorded; it may have been billed",
-                action="submit_unrecorded",
-                task_id=task.id,
-                image_index=image.index,
-            )
-        async with self.repo.autocommit() as tx:
-            await tx.start_submit(image, unrecorded=unrecorded)
+    @staticmethod
+    def _check_unrecorded(task: TaskRow, image: ImageRow) -> None:
+        """A submit is going out, and ``_begin``'s read marked it so. A mark already there
+        means an earlier attempt's process died before recording the answer: DashScope has
+        no idempotency key, so that submit may have been billed and is counted for review.
+        A process that dies after the mark but before its submit leaves one too: counting
+        one too many is the safe side."""
+        if image.submit_started_at is None:
+            return
+        metrics.UNRECORDED_SUBMITS.inc()
+        log.warning(
+            "an earlier submit's answer was never recorded; it may have been billed",
+            action="submit_unrecorded",
+            task_id=task.id,
+            image_index=image.index,
+        )
 
     async def _remember(self, image: ImageRow, provider_task_id: str) -> None:
         # The submit is paid for: losing its id would mean paying again, so insist a while.
@@ -247,12 +251,11 @@ class ImageWorker:
         self, msg: ImageMessage, url: str, task: TaskRow, images: list[ImageRow]
     ) -> None:
         """Store the image's URL, and finish the task with its last image. The first try
-        writes against the task as ``_begin`` read it, saving a read when nothing changed."""
+        writes against the task as ``_begin`` read it, saving a read when nothing changed;
+        a write that loses the race returns the task as the winner left it."""
         found: TaskRow | None = task
         async with self.repo.autocommit() as tx:
-            for tries in range(CAS_TRIES):
-                if tries:
-                    found, images = await tx.get_task_with_images(msg.task_id)
+            for _ in range(CAS_TRIES):
                 image = _at(images, msg.index)
                 if found is None or image is None:
                     raise Reject(f"task {msg.task_id} vanished while its image was generated")
@@ -264,12 +267,17 @@ class ImageWorker:
                 row = planned(found, Trigger.STORE_IMAGE, stored_now=1)
                 outgoing = [self.events.image_ready(replace(row, status=found.status), stored)]
                 if row.status is TaskStatus.IMAGES_READY:
+                    if sum(i.stored for i in images) != found.images_ready:
+                        # The last image's event lists every URL: read those stored since.
+                        found, images = await tx.get_task_with_images(msg.task_id)
+                        continue
                     row = replace(row, version=row.version + 1)
                     done = [stored if i.index == msg.index else i for i in images]
                     outgoing.append(self.events.changed(row, found.status, images=done))
                 # Another image of the task may be stored meanwhile (they finish close
-                # together): then nothing is written, and the next pass reads the task again.
-                if await tx.write(found, row, outgoing, store=(image, url)):
+                # together): then nothing is written, and the next pass tries on what it left.
+                written, found = await tx.write(found, row, outgoing, store=(image, url))
+                if written:
                     break
             else:
                 raise LostRace()

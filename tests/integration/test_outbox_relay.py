@@ -108,6 +108,31 @@ async def test_an_unroutable_row_stays_in_the_outbox_and_raises(
         await tx.conn.execute("DELETE FROM outbox WHERE routing_key = $1", missing)
 
 
+async def test_rows_sent_beside_an_unroutable_one_are_removed_and_never_sent_again(
+    repo: Repository,
+    connection: AbstractRobustConnection,
+    target: AbstractQueue,
+    database: str,
+) -> None:
+    missing = f"no-such-queue-{uuid.uuid4().hex[:8]}"
+    before = await _add(repo, target.name, 2)
+    await _add(repo, missing, 1)
+    after = await _add(repo, target.name, 2)
+    relay = Relay(repo, await _publisher(connection), database)
+    from services.broker.errors import PublishReturned
+
+    for _ in range(2):
+        with pytest.raises(PublishReturned):
+            await relay.drain_once()
+    assert sorted(await _received(target, 5, seconds=1)) == sorted(before | after), (
+        "each routable row exactly once, though its batch failed twice"
+    )
+    assert await _outbox_rows(repo, target.name) == 0
+    assert await _outbox_rows(repo, missing) == 1
+    async with repo.transaction() as tx:
+        await tx.conn.execute("DELETE FROM outbox WHERE routing_key = $1", missing)
+
+
 async def test_a_notify_wakes_the_relay_long_before_its_poll(
     repo: Repository,
     connection: AbstractRobustConnection,

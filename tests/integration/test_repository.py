@@ -93,8 +93,11 @@ async def test_the_last_two_images_finishing_together_make_one_images_ready(
                 current, images = await tx.get_task_with_images(task.id)
                 assert current is not None
                 after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
-                row = await tx.write(current, after, store=(images[index], f"https://img/{index}"))
-                if row is not None:
+                written, row = await tx.write(
+                    current, after, store=(images[index], f"https://img/{index}")
+                )
+                if written:
+                    assert row is not None
                     return row.status
 
     outcomes = await asyncio.gather(store(0), store(1))
@@ -107,6 +110,29 @@ async def test_the_last_two_images_finishing_together_make_one_images_ready(
         started.version + 2,
     )
     assert [i.url for i in found[1]] == ["https://img/0", "https://img/1"]
+
+
+async def test_the_loser_of_a_race_is_handed_the_row_the_winner_committed_meanwhile(
+    repo: Repository,
+) -> None:
+    task = await _create(repo)
+    async with repo.autocommit() as tx:
+        seen = (await tx.get_task_with_images(task.id))[0]
+    assert seen is not None
+    async with repo.transaction() as winner:
+        won = await winner.transition(seen, Trigger.START)
+        assert won is not None
+
+        async def lose() -> tuple[bool, TaskRow | None]:
+            async with repo.autocommit() as tx:
+                return await tx.write(seen, planned(seen, Trigger.CANCEL))
+
+        loser = asyncio.create_task(lose())
+        await asyncio.sleep(0.2)  # the loser's update now waits for the winner's commit
+        assert not loser.done()
+    written, current = await loser
+    assert not written
+    assert current == won, "the committed row, not the one the loser's snapshot shows"
 
 
 async def test_an_illegal_trigger_raises_and_writes_nothing(repo: Repository) -> None:
@@ -146,8 +172,10 @@ async def test_a_write_lands_with_its_messages_and_image_url_in_one_statement(
             current, images = await _started(tx, task)
             after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
             message = EVENTS.image_ready(after, replace(images[1], url="https://img/1"))
-            row = await tx.write(current, after, [message], store=(images[1], "https://img/1"))
-            assert row is not None
+            written, row = await tx.write(
+                current, after, [message], store=(images[1], "https://img/1")
+            )
+            assert written and row is not None
             assert (row.images_ready, row.version) == (1, current.version + 1)
             _, stored = await tx.get_task_with_images(task.id)
             assert [i.url for i in stored] == [None, "https://img/1"]
@@ -165,9 +193,10 @@ async def test_a_write_that_loses_the_race_writes_neither_row_nor_url_nor_messag
             assert await tx.touch(stale) is not None  # someone else changes the task
             after = planned(stale, Trigger.STORE_IMAGE, stored_now=1)
             message = EVENTS.image_ready(after, replace(images[0], url="https://img/0"))
-            assert await tx.write(stale, after, [message], store=(images[0], "x")) is None
-            current, unchanged = await tx.get_task_with_images(task.id)
-            assert current is not None
+            written, current = await tx.write(stale, after, [message], store=(images[0], "x"))
+            assert not written
+            _, unchanged = await tx.get_task_with_images(task.id)
+            assert current is not None, "the loser is handed the task as it is now"
             assert (current.images_ready, current.version) == (0, stale.version + 1)
             assert all(i.url is None for i in unchanged)
             assert await _outbox_ids(tx, task.id) == []
@@ -210,4 +239,61 @@ async def test_creating_a_taken_task_id_queues_no_messages(repo: Repository) -> 
             assert await _outbox_ids(tx, task.id) == []
             _, images = await tx.get_task_with_images(task.id)
             assert len(images) == task.image_count
+            raise _Undo()
+
+
+async def _marks(tx: Tx, task_id: str) -> list[tuple[bool, int]]:
+    rows = await tx.conn.fetch(
+        "SELECT submit_started_at IS NOT NULL, unrecorded_submits FROM task_images"
+        ' WHERE task_id = $1 ORDER BY "index"',
+        task_id,
+    )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def test_reading_a_live_image_marks_its_submit_and_returns_it_as_it_was(
+    repo: Repository,
+) -> None:
+    task = await _create(repo, image_count=2)
+    with pytest.raises(_Undo):
+        async with repo.transaction() as tx:
+            _, images = await tx.get_task_with_images(task.id)
+            first = images[0]
+            found, read = await tx.begin_image(task.id, first.id, first.dispatch)
+            assert found == task and read == images, "the rows as they were before the mark"
+            assert await _marks(tx, task.id) == [(True, 0), (False, 0)]
+            _, again = await tx.begin_image(task.id, first.id, first.dispatch)
+            assert again[0].submit_started_at is not None, "the earlier mark shows"
+            assert await _marks(tx, task.id) == [(True, 1), (False, 0)], (
+                "a mark found still there counts as an unrecorded submit"
+            )
+            raise _Undo()
+
+
+async def test_an_image_that_will_not_be_submitted_is_read_without_a_mark(
+    repo: Repository,
+) -> None:
+    task = await _create(repo, image_count=3)
+    with pytest.raises(_Undo):
+        async with repo.transaction() as tx:
+            current, images = await _started(tx, task)
+            stale, polled, stored = images
+            await tx.set_provider_task(polled, "provider-task-1")
+            after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
+            assert (await tx.write(current, after, [], store=(stored, "https://img/2")))[0]
+            await tx.begin_image(task.id, stale.id, stale.dispatch + 1)
+            await tx.begin_image(task.id, polled.id, polled.dispatch)
+            await tx.begin_image(task.id, stored.id, stored.dispatch)
+            assert await _marks(tx, task.id) == [(False, 0)] * 3
+            raise _Undo()
+
+
+async def test_an_image_of_an_ended_task_is_read_without_a_mark(repo: Repository) -> None:
+    task = await _create(repo)
+    with pytest.raises(_Undo):
+        async with repo.transaction() as tx:
+            assert await tx.transition(task, Trigger.CANCEL) is not None
+            _, images = await tx.get_task_with_images(task.id)
+            await tx.begin_image(task.id, images[0].id, images[0].dispatch)
+            assert await _marks(tx, task.id) == [(False, 0)] * task.image_count
             raise _Undo()
