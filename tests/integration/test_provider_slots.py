@@ -89,18 +89,23 @@ async def test_a_closed_keeper_gives_its_slots_back(engines: list[AsyncEngine]) 
     await survivor.close()
 
 
+async def _advisory_locks(engine: AsyncEngine, lock_class: int) -> int:
+    async with engine.connect() as conn:
+        count = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = :c"
+            ),
+            {"c": lock_class},
+        )
+    return int(count or 0)
+
+
 async def test_each_acquire_takes_exactly_one_slot_lock(engines: list[AsyncEngine]) -> None:
     slots = ProviderSlots(engines[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
     holds = [slots.hold(100 + i) for i in range(3)]
     for hold in holds:
         assert await hold.__aenter__()
-    async with engines[1].connect() as conn:
-        locks = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = :c"
-            ),
-            {"c": slots.slot_class},
-        )
+    locks = await _advisory_locks(engines[1], slots.slot_class)
     assert locks == 3
     for hold in holds:
         await hold.__aexit__(None, None, None)
@@ -128,13 +133,7 @@ async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
             break
         await asyncio.sleep(0.01)
     assert await slots.running() == 0, "the slot granted meanwhile was given back"
-    async with engines[1].connect() as conn:
-        images = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = :c"
-            ),
-            {"c": slots.image_class},
-        )
+    images = await _advisory_locks(engines[1], slots.image_class)
     assert images == 0
     async with slots.hold(9) as held:
         assert held
