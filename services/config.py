@@ -56,7 +56,8 @@ class Settings(BaseSettings):
     worker_prefetch: int = Field(default=0, ge=0, le=1000)
     """Unacked image messages per worker process; 0 means twice max_concurrent."""
     db_pool_size: int = Field(default=10, ge=1, le=200)
-    """Pooled PostgreSQL connections per process (and as many again in overflow)."""
+    """Pooled PostgreSQL connections per process, opened at start (a worker's lock keeper
+    takes one more)."""
     reconcile_interval_s: float = Field(default=60.0, gt=0)
     reconcile_stale_after_s: float = Field(default=600.0, gt=0)
     """An unfinished image untouched this long, with no worker on it, is dispatched again."""

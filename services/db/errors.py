@@ -42,7 +42,8 @@ _UNAVAILABLE = (
 def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
         return True
-    if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError):
+    # A pool timeout: every connection stayed busy for the pool's whole wait.
+    if isinstance(exc, sa_exc.InterfaceError | sa_exc.OperationalError | sa_exc.TimeoutError):
         return True
     cause: BaseException | None = exc
     while cause is not None:

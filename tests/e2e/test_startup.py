@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 from services.broker.topology import Topology
 from services.config import Settings, load_settings
 from services.db.errors import RepositoryError
-from services.runtime import Role, Wiring, run
+from services.runtime import Role, Wiring, run, wiring
 
 
 @pytest.fixture
@@ -63,6 +63,26 @@ async def test_the_database_pool_is_open_before_the_first_message(
 
     await _started(settings, pool_state)
     assert seen == [(2, 1)], "three open: two idle, one the keeper of provider slots"
+
+
+async def test_bursts_beyond_the_pool_reuse_its_server_sessions_instead_of_opening_new_ones(
+    own_namespace: Callable[..., Settings],
+) -> None:
+    async with wiring(own_namespace(db_pool_size=3)) as wired:
+        await wired.slots.connect()
+
+        async def burst() -> set[int]:
+            async def one() -> int:
+                async with wired.repo.autocommit() as tx:
+                    return int(
+                        await tx.conn.fetchval("SELECT pg_backend_pid() FROM pg_sleep(0.02)")
+                    )
+
+            return set(await asyncio.gather(*(one() for _ in range(20))))
+
+        first = await burst()
+        assert len(first) <= 4, "the pool, and one more while the keeper holds its own"
+        assert await burst() <= first, "the second burst ran on the sessions of the first"
 
 
 async def test_a_service_started_while_the_database_is_down_starts_and_says_so(

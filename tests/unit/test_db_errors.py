@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 import pytest
+from sqlalchemy import exc as sa_exc
 
 from services.db.errors import DatabaseUnavailable, RepositoryError, translated
 
@@ -20,6 +21,7 @@ from services.db.errors import DatabaseUnavailable, RepositoryError, translated
         asyncpg.exceptions.CannotConnectNowError("the database system is starting up"),
         asyncpg.exceptions.InterfaceError("connection is closed"),
         asyncpg.exceptions.SerializationError("could not serialize access"),
+        sa_exc.TimeoutError("QueuePool limit of size 10 overflow 1 reached"),
     ],
 )
 async def test_an_outage_becomes_database_unavailable(raised: BaseException) -> None:
