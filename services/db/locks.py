@@ -57,6 +57,7 @@ class ProviderSlots:
         self._slots: set[int] = set()
         self._images: set[int] = set()
         self._released = asyncio.Event()
+        self._counted: tuple[float, int] | None = None
 
     @asynccontextmanager
     async def _session(self, generation: int | None = None) -> AsyncIterator[Driver]:
@@ -159,10 +160,16 @@ class ProviderSlots:
         finally:
             self._released.set()
 
-    async def running(self) -> int:
-        """Slots held right now, by every process."""
+    async def running(self, max_age_s: float = 0.0) -> int:
+        """Slots held by every process, counted at most ``max_age_s`` ago. Counting scans
+        the server's whole lock table, too dear to do for every log line under load."""
+        now = time.monotonic()
+        if self._counted is not None and now - self._counted[0] <= max_age_s:
+            return self._counted[1]
         async with checkout(self.engine) as conn:
-            return int(await conn.fetchval(_RUNNING, self.slot_class) or 0)
+            count = int(await conn.fetchval(_RUNNING, self.slot_class) or 0)
+        self._counted = (now, count)
+        return count
 
     async def close(self) -> None:
         async with self._io:

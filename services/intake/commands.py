@@ -19,6 +19,9 @@ from services.logs import get_logger
 from statemachine import Trigger, can_fire
 
 log = get_logger("imagegen.intake")
+RUNNING_LOG_MAX_AGE_S = 0.2
+"""The "task queued (running n/max)" line may show a count this old: under a burst of
+tasks, one count serves many lines instead of a lock-table scan each."""
 
 
 class Conflict(ImagegenError):
@@ -59,7 +62,9 @@ async def create_task(
             log.info("duplicate task.created ignored", action="duplicate", task_id=new.id)
             return Created(existing, duplicate=True)
         task, _ = inserted
-    running = f"{await slots.running()}/{slots.size}" if slots is not None else None
+    running = (
+        f"{await slots.running(RUNNING_LOG_MAX_AGE_S)}/{slots.size}" if slots is not None else None
+    )
     log.info(
         "task queued",
         action="task_queued",

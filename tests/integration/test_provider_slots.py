@@ -157,3 +157,20 @@ async def test_slots_freed_and_wanted_at_the_same_time_change_hands(
     for hold in later:
         await hold.__aexit__(None, None, None)
     await slots.close()
+
+
+async def test_a_running_count_is_reused_only_while_younger_than_the_age_asked_for(
+    engines: list[AsyncEngine],
+) -> None:
+    namespace = f"slots-{uuid.uuid4().hex[:8]}"
+    counter, holder = (ProviderSlots(engine, namespace, size=4) for engine in engines)
+    assert await counter.running(max_age_s=60) == 0
+    async with holder.hold(1) as held:
+        assert held
+        assert await counter.running(max_age_s=60) == 0, "the count taken a moment ago"
+        assert await counter.running() == 1, "a fresh count"
+        assert await counter.running(max_age_s=60) == 1
+    await asyncio.sleep(0.05)
+    assert await counter.running(max_age_s=0.01) == 0, "an older count is taken again"
+    await counter.close()
+    await holder.close()
