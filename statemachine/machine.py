@@ -1,7 +1,8 @@
 """The task lifecycle, defined once with the ``transitions`` library.
 
-One ``Machine(model=None)`` serves every task: a model is added for the length of one
-decision and removed again, which keeps a decision cheap and leaves no state behind.
+One ``Machine`` and one model serve every task: each decision sets the model to the task's
+state and fires the trigger on it. Adding a model per decision would rebind every trigger
+method onto it first, several times the cost of the decision itself.
 Callbacks do no I/O because ``transitions`` does not undo a state change when a later
 callback fails: callers decide here, in memory, then persist the outcome once.
 """
@@ -83,20 +84,28 @@ def _machine() -> Machine:
     )
 
 
+@cache
+def _decider() -> TaskModel:
+    model = TaskModel(TaskStatus.PENDING)
+    _machine().add_model(model, initial=model.status)
+    return model
+
+
 def apply_trigger(model: TaskModel, trigger: Trigger) -> TaskStatus:
     """Fire ``trigger`` on ``model`` and return its new status.
 
     Raises ``IllegalTransition`` naming the state and trigger when the trigger is not
-    allowed; the model is then left unchanged.
+    allowed; the model is then left unchanged. Decisions run one at a time (callbacks do
+    no I/O, so nothing awaits in between); the shared model is not for several threads.
     """
-    machine = _machine()
-    machine.add_model(model, initial=model.status)
+    decider = _decider()
+    decider.images_ready, decider.image_count = model.images_ready, model.image_count
+    _machine().set_state(model.status, decider)
     try:
-        getattr(model, trigger.value)()
+        getattr(decider, trigger.value)()
     except MachineError:
         raise IllegalTransition(model.status.value, trigger.value) from None
-    finally:
-        machine.remove_model(model)
+    model.status = decider.status
     return model.status
 
 
