@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from dataclasses import replace
 
 import pytest
@@ -145,7 +147,16 @@ async def test_an_illegal_trigger_raises_and_writes_nothing(repo: Repository) ->
 
 
 class _Undo(Exception):
-    """Rolls a test's transaction back, so no relay ever sees its outbox rows."""
+    """Ends a ``_rolled_back`` transaction by rolling it back."""
+
+
+@asynccontextmanager
+async def _rolled_back(repo: Repository) -> AsyncIterator[Tx]:
+    """A transaction rolled back at the end, so no relay ever sees its outbox rows."""
+    with suppress(_Undo):
+        async with repo.transaction() as tx:
+            yield tx
+            raise _Undo()
 
 
 async def _outbox_ids(tx: Tx, task_id: str) -> list[str]:
@@ -167,40 +178,34 @@ async def test_a_write_lands_with_its_messages_and_image_url_in_one_statement(
     repo: Repository,
 ) -> None:
     task = await _create(repo, image_count=2)
-    with pytest.raises(_Undo):
-        async with repo.transaction() as tx:
-            current, images = await _started(tx, task)
-            after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
-            message = EVENTS.image_ready(after, replace(images[1], url="https://img/1"))
-            written, row = await tx.write(
-                current, after, [message], store=(images[1], "https://img/1")
-            )
-            assert written and row is not None
-            assert (row.images_ready, row.version) == (1, current.version + 1)
-            _, stored = await tx.get_task_with_images(task.id)
-            assert [i.url for i in stored] == [None, "https://img/1"]
-            assert await _outbox_ids(tx, task.id) == [message.message_id]
-            raise _Undo()
+    async with _rolled_back(repo) as tx:
+        current, images = await _started(tx, task)
+        after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
+        message = EVENTS.image_ready(after, replace(images[1], url="https://img/1"))
+        written, row = await tx.write(current, after, [message], store=(images[1], "https://img/1"))
+        assert written and row is not None
+        assert (row.images_ready, row.version) == (1, current.version + 1)
+        _, stored = await tx.get_task_with_images(task.id)
+        assert [i.url for i in stored] == [None, "https://img/1"]
+        assert await _outbox_ids(tx, task.id) == [message.message_id]
 
 
 async def test_a_write_that_loses_the_race_writes_neither_row_nor_url_nor_messages(
     repo: Repository,
 ) -> None:
     task = await _create(repo, image_count=2)
-    with pytest.raises(_Undo):
-        async with repo.transaction() as tx:
-            stale, images = await _started(tx, task)
-            assert await tx.touch(stale) is not None  # someone else changes the task
-            after = planned(stale, Trigger.STORE_IMAGE, stored_now=1)
-            message = EVENTS.image_ready(after, replace(images[0], url="https://img/0"))
-            written, current = await tx.write(stale, after, [message], store=(images[0], "x"))
-            assert not written
-            _, unchanged = await tx.get_task_with_images(task.id)
-            assert current is not None, "the loser is handed the task as it is now"
-            assert (current.images_ready, current.version) == (0, stale.version + 1)
-            assert all(i.url is None for i in unchanged)
-            assert await _outbox_ids(tx, task.id) == []
-            raise _Undo()
+    async with _rolled_back(repo) as tx:
+        stale, images = await _started(tx, task)
+        assert await tx.touch(stale) is not None  # someone else changes the task
+        after = planned(stale, Trigger.STORE_IMAGE, stored_now=1)
+        message = EVENTS.image_ready(after, replace(images[0], url="https://img/0"))
+        written, current = await tx.write(stale, after, [message], store=(images[0], "x"))
+        assert not written
+        _, unchanged = await tx.get_task_with_images(task.id)
+        assert current is not None, "the loser is handed the task as it is now"
+        assert (current.images_ready, current.version) == (0, stale.version + 1)
+        assert all(i.url is None for i in unchanged)
+        assert await _outbox_ids(tx, task.id) == []
 
 
 def _announce(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
@@ -212,34 +217,30 @@ def _announce(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
 async def test_a_new_task_is_written_with_the_image_rows_and_messages_it_was_announced_with(
     repo: Repository,
 ) -> None:
-    with pytest.raises(_Undo):
-        async with repo.transaction() as tx:
-            announced: list[Outgoing] = []
+    async with _rolled_back(repo) as tx:
+        announced: list[Outgoing] = []
 
-            def announce(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
-                announced.extend(_announce(task, images))
-                return announced
+        def announce(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
+            announced.extend(_announce(task, images))
+            return announced
 
-            inserted = await tx.insert_task(_new(image_count=3, meta={"k": "v"}), announce)
-            assert inserted is not None
-            task, images = inserted
-            stored_task, stored_images = await tx.get_task_with_images(task.id)
-            assert stored_task == task
-            assert stored_images == images, "the planned image rows are the stored ones"
-            assert [m.body["image_id"] for m in announced[1:]] == [i.id for i in stored_images]
-            assert await _outbox_ids(tx, task.id) == [m.message_id for m in announced]
-            raise _Undo()
+        inserted = await tx.insert_task(_new(image_count=3, meta={"k": "v"}), announce)
+        assert inserted is not None
+        task, images = inserted
+        stored_task, stored_images = await tx.get_task_with_images(task.id)
+        assert stored_task == task
+        assert stored_images == images, "the planned image rows are the stored ones"
+        assert [m.body["image_id"] for m in announced[1:]] == [i.id for i in stored_images]
+        assert await _outbox_ids(tx, task.id) == [m.message_id for m in announced]
 
 
 async def test_creating_a_taken_task_id_queues_no_messages(repo: Repository) -> None:
     task = await _create(repo)
-    with pytest.raises(_Undo):
-        async with repo.transaction() as tx:
-            assert await tx.insert_task(_new(id=task.id, prompt="other"), _announce) is None
-            assert await _outbox_ids(tx, task.id) == []
-            _, images = await tx.get_task_with_images(task.id)
-            assert len(images) == task.image_count
-            raise _Undo()
+    async with _rolled_back(repo) as tx:
+        assert await tx.insert_task(_new(id=task.id, prompt="other"), _announce) is None
+        assert await _outbox_ids(tx, task.id) == []
+        _, images = await tx.get_task_with_images(task.id)
+        assert len(images) == task.image_count
 
 
 async def _marks(tx: Tx, task_id: str) -> list[tuple[bool, int]]:
@@ -255,45 +256,39 @@ async def test_reading_a_live_image_marks_its_submit_and_returns_it_as_it_was(
     repo: Repository,
 ) -> None:
     task = await _create(repo, image_count=2)
-    with pytest.raises(_Undo):
-        async with repo.transaction() as tx:
-            _, images = await tx.get_task_with_images(task.id)
-            first = images[0]
-            found, read = await tx.begin_image(task.id, first.id, first.dispatch)
-            assert found == task and read == images, "the rows as they were before the mark"
-            assert await _marks(tx, task.id) == [(True, 0), (False, 0)]
-            _, again = await tx.begin_image(task.id, first.id, first.dispatch)
-            assert again[0].submit_started_at is not None, "the earlier mark shows"
-            assert await _marks(tx, task.id) == [(True, 1), (False, 0)], (
-                "a mark found still there counts as an unrecorded submit"
-            )
-            raise _Undo()
+    async with _rolled_back(repo) as tx:
+        _, images = await tx.get_task_with_images(task.id)
+        first = images[0]
+        found, read = await tx.begin_image(task.id, first.id, first.dispatch)
+        assert found == task and read == images, "the rows as they were before the mark"
+        assert await _marks(tx, task.id) == [(True, 0), (False, 0)]
+        _, again = await tx.begin_image(task.id, first.id, first.dispatch)
+        assert again[0].submit_started_at is not None, "the earlier mark shows"
+        assert await _marks(tx, task.id) == [(True, 1), (False, 0)], (
+            "a mark found still there counts as an unrecorded submit"
+        )
 
 
 async def test_an_image_that_will_not_be_submitted_is_read_without_a_mark(
     repo: Repository,
 ) -> None:
     task = await _create(repo, image_count=3)
-    with pytest.raises(_Undo):
-        async with repo.transaction() as tx:
-            current, images = await _started(tx, task)
-            stale, polled, stored = images
-            await tx.set_provider_task(polled, "provider-task-1")
-            after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
-            assert (await tx.write(current, after, [], store=(stored, "https://img/2")))[0]
-            await tx.begin_image(task.id, stale.id, stale.dispatch + 1)
-            await tx.begin_image(task.id, polled.id, polled.dispatch)
-            await tx.begin_image(task.id, stored.id, stored.dispatch)
-            assert await _marks(tx, task.id) == [(False, 0)] * 3
-            raise _Undo()
+    async with _rolled_back(repo) as tx:
+        current, images = await _started(tx, task)
+        stale, polled, stored = images
+        await tx.set_provider_task(polled, "provider-task-1")
+        after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
+        assert (await tx.write(current, after, [], store=(stored, "https://img/2")))[0]
+        await tx.begin_image(task.id, stale.id, stale.dispatch + 1)
+        await tx.begin_image(task.id, polled.id, polled.dispatch)
+        await tx.begin_image(task.id, stored.id, stored.dispatch)
+        assert await _marks(tx, task.id) == [(False, 0)] * 3
 
 
 async def test_an_image_of_an_ended_task_is_read_without_a_mark(repo: Repository) -> None:
     task = await _create(repo)
-    with pytest.raises(_Undo):
-        async with repo.transaction() as tx:
-            assert await tx.transition(task, Trigger.CANCEL) is not None
-            _, images = await tx.get_task_with_images(task.id)
-            await tx.begin_image(task.id, images[0].id, images[0].dispatch)
-            assert await _marks(tx, task.id) == [(False, 0)] * task.image_count
-            raise _Undo()
+    async with _rolled_back(repo) as tx:
+        assert await tx.transition(task, Trigger.CANCEL) is not None
+        _, images = await tx.get_task_with_images(task.id)
+        await tx.begin_image(task.id, images[0].id, images[0].dispatch)
+        assert await _marks(tx, task.id) == [(False, 0)] * task.image_count
