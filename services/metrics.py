@@ -37,6 +37,11 @@ SLOT_WAIT_SECONDS = Histogram(
     "Time waiting for a global provider slot",
     buckets=(0.001, 0.01, 0.05, 0.1, 0.5, 1, 5, 15, 60),
 )
+TASK_WRITE_CONFLICTS = Counter(
+    "imagegen_task_write_conflicts_total",
+    "Task writes that lost a compare-and-set to another writer and were tried again, by write",
+    ["write"],
+)
 OUTBOX_PUBLISHED = Counter("imagegen_outbox_published_total", "Outbox rows published")
 OUTBOX_FAILED = Counter(
     "imagegen_outbox_publish_failures_total", "Outbox rows that failed to publish"

@@ -34,6 +34,7 @@ from services.provider.errors import (
     ProviderTaskFailed,
     ProviderTaskLost,
 )
+from services.worker.views import TaskView, TaskViews
 from statemachine import FailNow, RetryLater, TaskStatus, Trigger, decide
 
 log = get_logger("imagegen.worker")
@@ -95,6 +96,7 @@ class ImageWorker:
         self.client = client
         self.events = events
         self.pacer = pacer
+        self.views = TaskViews()
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         msg = ImageMessage.parse(message.body)
@@ -103,34 +105,46 @@ class ImageWorker:
             if not held:
                 raise Drop(f"image {msg.task_id}/{msg.index} is held by another worker")
             try:
-                task, image, images = await self._begin(msg)
-                log.info("image started", action="image_started", **fields)
-                try:
-                    url = await self._generate(task, image)
-                except ProviderError as exc:
-                    await self._failed(msg, image, exc)
-                    return
-                await self._store(msg, url, task, images)
+                with self.views.of(msg.task_id) as view:
+                    task, image, images = await self._begin(msg, view)
+                    log.info("image started", action="image_started", **fields)
+                    try:
+                        url = await self._generate(task, image)
+                    except ProviderError as exc:
+                        await self._failed(msg, image, exc)
+                        return
+                    await self._store(msg, url, task, image, images, view)
             finally:
                 log.info("slot freed", action="slot_freed", **fields)
 
-    async def _begin(self, msg: ImageMessage) -> tuple[TaskRow, ImageRow, list[ImageRow]]:
+    async def _begin(
+        self, msg: ImageMessage, view: TaskView
+    ) -> tuple[TaskRow, ImageRow, list[ImageRow]]:
         """Check the message is still live and, for a task's first image, start the task.
         Taken while this worker holds the image and a slot. The read also marks a submit as
-        going out (``_generate``). The start is a compare-and-set written with its event, and
-        a task's images usually try it together. Returns the image as first read and the
-        task's images, the store's first guess of the task's state."""
+        going out (``_generate``). The start is a compare-and-set written with its event;
+        a task's images usually try it together, in this process by turns (``view``).
+        Returns the image as first read and the task's images, the store's first guess of
+        the task's state."""
         async with self.repo.autocommit() as tx:
             task, images = await tx.begin_image(msg.task_id, msg.image_id, msg.dispatch)
-            task, image = self._live(msg, task, _at(images, msg.index))
+        task, image = self._live(msg, task, _at(images, msg.index))
+        if task.status is not TaskStatus.PENDING:
+            return task, image, images
+        async with view.turn, self.repo.autocommit() as tx:
+            newest, _ = view.newest(task, images, image)
+            task, _ = self._live(msg, newest, image)
             for _ in range(CAS_TRIES):
                 if task.status is not TaskStatus.PENDING:
                     return task, image, images
                 started = planned(task, Trigger.START)
                 event = self.events.changed(started, task.status)
                 written, found = await tx.write(task, started, [event])
+                view.saw(found, images)
                 if written:
                     log.info("task started", action="task_started", task_id=task.id)
+                else:
+                    metrics.TASK_WRITE_CONFLICTS.labels("start").inc()
                 task, _ = self._live(msg, found, image)
         raise LostRace()
 
@@ -248,13 +262,21 @@ class ImageWorker:
         raise ProviderTaskLost(f"provider task {result.task_id} is {result.status.value}")
 
     async def _store(
-        self, msg: ImageMessage, url: str, task: TaskRow, images: list[ImageRow]
+        self,
+        msg: ImageMessage,
+        url: str,
+        task: TaskRow,
+        own: ImageRow,
+        images: list[ImageRow],
+        view: TaskView,
     ) -> None:
         """Store the image's URL, and finish the task with its last image. The first try
-        writes against the task as ``_begin`` read it, saving a read when nothing changed;
-        a write that loses the race returns the task as the winner left it."""
-        found: TaskRow | None = task
-        async with self.repo.autocommit() as tx:
+        writes against the newest task this process knows of (as ``_begin`` read it, or as
+        another of its images left it), saving a read; a write that loses the race returns
+        the task as the winner left it."""
+        async with view.turn, self.repo.autocommit() as tx:
+            newest, images = view.newest(task, images, own)
+            found: TaskRow | None = newest
             for _ in range(CAS_TRIES):
                 image = _at(images, msg.index)
                 if found is None or image is None:
@@ -278,7 +300,10 @@ class ImageWorker:
                 # together): then nothing is written, and the next pass tries on what it left.
                 written, found = await tx.write(found, row, outgoing, store=(image, url))
                 if written:
+                    view.saw(found, [stored if i.index == msg.index else i for i in images])
                     break
+                metrics.TASK_WRITE_CONFLICTS.labels("store").inc()
+                view.saw(found, images)
             else:
                 raise LostRace()
         metrics.IMAGES_STORED.inc()

@@ -8,6 +8,7 @@ import json
 import uuid
 
 import pytest
+from prometheus_client import REGISTRY
 
 from services.db.repository import Repository
 from services.provider.simulator import RunningSimulator
@@ -45,6 +46,25 @@ async def test_a_task_goes_from_pending_to_images_ready_with_every_event_in_vers
     assert [i.index for i in images] == [0, 1, 2, 3] and all(i.url for i in images)
     stats = sim.sim.stats
     assert stats.submits_by_prompt[prompt] == 4 and stats.billed_by_prompt[prompt] == 4
+
+
+def _write_conflicts() -> float:
+    return sum(
+        REGISTRY.get_sample_value("imagegen_task_write_conflicts_total", {"write": write}) or 0
+        for write in ("start", "store")
+    )
+
+
+async def test_the_images_of_a_task_in_one_process_write_the_task_by_turns_never_racing(
+    bus: Bus,
+) -> None:
+    before = _write_conflicts()
+    task_ids = [await bus.create(_prompt("turns")) for _ in range(6)]
+    for task_id in task_ids:
+        assert (await bus.final(task_id))["event_type"] == "task.status.images_ready"
+        versions = sorted(e["version"] for e in bus.events[task_id])
+        assert versions == list(range(1, 8)), "one version per event, no gaps"
+    assert _write_conflicts() == before, "a write lost to another image of the same process"
 
 
 async def test_the_seed_worked_example_retries_only_the_throttled_image(
