@@ -48,7 +48,9 @@ class TaskViews:
 
     @contextmanager
     def of(self, task_id: str) -> Iterator[TaskView]:
-        view = self._views.setdefault(task_id, TaskView())
+        view = self._views.get(task_id)
+        if view is None:
+            view = self._views[task_id] = TaskView()
         view.users += 1
         try:
             yield view

@@ -286,6 +286,7 @@ class ImageWorker:
                 if found.status is not TaskStatus.GENERATING_IMAGES:
                     raise Drop(f"task {found.id} is {found.status.value}; the image is not stored")
                 stored = replace(image, url=url)
+                done = [stored if i.index == msg.index else i for i in images]
                 row = planned(found, Trigger.STORE_IMAGE, stored_now=1)
                 outgoing = [self.events.image_ready(replace(row, status=found.status), stored)]
                 if row.status is TaskStatus.IMAGES_READY:
@@ -294,13 +295,12 @@ class ImageWorker:
                         found, images = await tx.get_task_with_images(msg.task_id)
                         continue
                     row = replace(row, version=row.version + 1)
-                    done = [stored if i.index == msg.index else i for i in images]
                     outgoing.append(self.events.changed(row, found.status, images=done))
                 # Another image of the task may be stored meanwhile (they finish close
                 # together): then nothing is written, and the next pass tries on what it left.
                 written, found = await tx.write(found, row, outgoing, store=(image, url))
                 if written:
-                    view.saw(found, [stored if i.index == msg.index else i for i in images])
+                    view.saw(found, done)
                     break
                 metrics.TASK_WRITE_CONFLICTS.labels("store").inc()
                 view.saw(found, images)
