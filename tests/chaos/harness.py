@@ -464,11 +464,19 @@ class Chaos:
                 places.append(f"output #{i}")
         return places
 
-    async def restart_broker(self, down_s: float = 2.0) -> None:
+    async def stop_broker(self) -> None:
+        """Returns once the broker has stopped: ``rabbitmqctl`` itself takes a second or
+        more here, so a fixed sleep after starting it says nothing about the broker."""
         await _run("rabbitmqctl", "stop_app")
-        await asyncio.sleep(down_s)
+
+    async def start_broker(self) -> None:
         await _run("rabbitmqctl", "start_app")
         self.counters.broker_restarts += 1
+
+    async def restart_broker(self, down_s: float = 2.0) -> None:
+        await self.stop_broker()
+        await asyncio.sleep(down_s)
+        await self.start_broker()
 
     async def restart_database(self) -> None:
         version = sorted(os.listdir("/etc/postgresql"))[0]
