@@ -234,29 +234,49 @@ class DashScopeClient:
         self.planner = PollPlanner(poll_schedule_scale)
         # DashScope allows 20 task queries/s per account; pace them in this process.
         self._queries = Pacer(query_rate_per_s)
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key.get_secret_value()}"},
-            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            transport=ProviderTransport(limits=httpx.Limits(max_connections=max_connections)),
-        )
+        # Requests go straight to the transport: httpx's client adds cookies, auth flows,
+        # redirects and URL merging that this API never uses, and those cost more CPU per
+        # image than the request itself (docs/ARCHITECTURE.md, "The per-image hot path").
+        self._base_url = base_url.rstrip("/")
+        self._headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"}
+        self._timeouts = {
+            "timeout": httpx.Timeout(read_timeout_s, connect=connect_timeout_s).as_dict()
+        }
+        self._transport = ProviderTransport(limits=httpx.Limits(max_connections=max_connections))
         # Result URLs point at object storage: a client without the key, so it never leaks.
         self._downloads = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
         )
 
     def __repr__(self) -> str:
-        return f"DashScopeClient(base_url={str(self._http.base_url)!r}, model={self.model!r})"
+        return f"DashScopeClient(base_url={self._base_url!r}, model={self.model!r})"
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._transport.aclose()
         await self._downloads.aclose()
 
     async def _send(
-        self, method: str, url: str, *, may_have_effect: bool, **kw: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        may_have_effect: bool,
+        json: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
+        request = httpx.Request(
+            method,
+            self._base_url + path,
+            headers=self._headers if headers is None else self._headers | headers,
+            json=json,
+            extensions=self._timeouts,
+        )
         try:
-            return await self._http.request(method, url, **kw)
+            response = await self._transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise ProviderConnectError(f"{exc.__class__.__name__}: {exc}") from None
         except httpx.TimeoutException as exc:
@@ -267,6 +287,7 @@ class DashScopeClient:
             raise ProviderTransportError(
                 f"{exc.__class__.__name__}: {exc}", ambiguous=may_have_effect
             ) from None
+        return response
 
     async def submit(
         self,
@@ -376,9 +397,12 @@ class DashScopeClient:
 
     async def download(self, url: str) -> bytes:
         """Fetch a result image (result URLs are pre-signed and expire after 24 hours)."""
-        response = await self._send(
-            "GET", url, may_have_effect=False, headers={"Authorization": ""}
-        )
+        try:
+            response = await self._downloads.get(url)
+        except httpx.TransportError as exc:
+            raise ProviderTransportError(
+                f"{exc.__class__.__name__}: {exc}", ambiguous=False
+            ) from None
         if response.status_code != 200:
             raise _http_error(response)
         return response.content

@@ -70,6 +70,33 @@ async def test_a_submitted_task_succeeds_with_a_real_png_and_is_billed_once(
     assert (stats["submits"], stats["billed_images"]) == (1, 1)
 
 
+async def test_the_key_goes_to_the_api_but_never_to_a_result_url() -> None:
+    seen: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        body = b'{"output": {"task_id": "t-1", "task_status": "PENDING"}}'
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(answer, "127.0.0.1", port)
+    c = DashScopeClient(f"http://127.0.0.1:{port}/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
+    try:
+        await c.submit("a cat")
+        await c.download(f"http://127.0.0.1:{port}/result.png?Expires=1")
+    finally:
+        await c.aclose()
+        server.close()
+    submit, download = (head.decode().lower() for head in seen)
+    assert submit.startswith("post /api/v1/services/aigc/text2image/image-synthesis ")
+    assert f"authorization: bearer {KEY}".lower() in submit
+    assert download.startswith("get /result.png?expires=1 ")
+    assert "authorization" not in download and KEY.lower() not in download
+
+
 async def test_two_images_of_one_prompt_have_different_bytes(client: DashScopeClient) -> None:
     images = []
     for _ in range(2):
