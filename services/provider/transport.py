@@ -19,6 +19,15 @@ from httpx_aiohttp import AiohttpTransport
 
 
 class ProviderTransport(AiohttpTransport):
+    def get_client(self) -> aiohttp.ClientSession:
+        # The library's session, but reading the proxy from the environment.
+        connector = aiohttp.TCPConnector(
+            limit=self.limits.max_connections or 0,
+            keepalive_timeout=self.limits.keepalive_expiry,
+            ssl=self.ssl_context,
+        )
+        return aiohttp.ClientSession(connector=connector, trust_env=True)
+
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:
             return await super().handle_async_request(request)

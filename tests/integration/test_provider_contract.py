@@ -97,6 +97,36 @@ async def test_the_key_goes_to_the_api_but_never_to_a_result_url() -> None:
     assert "authorization" not in download and KEY.lower() not in download
 
 
+async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    request_lines: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request_lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    port = free_port()
+    server = await asyncio.start_server(proxy, "127.0.0.1", port)
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    c = DashScopeClient("http://dashscope.invalid/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
+    try:
+        with pytest.raises(ProviderHTTPError) as failed:
+            await c.submit("a cat")
+    finally:
+        await c.aclose()
+        server.close()
+    assert failed.value.status == 503
+    assert request_lines == [
+        b"POST http://dashscope.invalid/api/v1/services/aigc/text2image/image-synthesis HTTP/1.1"
+    ]
+
+
 async def test_two_images_of_one_prompt_have_different_bytes(client: DashScopeClient) -> None:
     images = []
     for _ in range(2):
