@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -165,6 +166,24 @@ def _http_error(response: httpx.Response) -> ProviderHTTPError:
     )
 
 
+@contextmanager
+def _translated(may_have_effect: bool) -> Iterator[None]:
+    """httpx's failures as the provider's: what each one says about whether the request
+    reached DashScope decides whether a submit may have been billed."""
+    try:
+        yield
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        raise ProviderConnectError(f"{exc.__class__.__name__}: {exc}") from None
+    except httpx.TimeoutException as exc:
+        raise ProviderTimeout(
+            f"{exc.__class__.__name__} after the request was sent", ambiguous=may_have_effect
+        ) from None
+    except httpx.TransportError as exc:
+        raise ProviderTransportError(
+            f"{exc.__class__.__name__}: {exc}", ambiguous=may_have_effect
+        ) from None
+
+
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
 
@@ -271,22 +290,12 @@ class DashScopeClient:
             json=json,
             extensions=self._timeouts,
         )
-        try:
+        with _translated(may_have_effect):
             response = await self._transport.handle_async_request(request)
             try:
                 await response.aread()
             finally:
                 await response.aclose()
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise ProviderConnectError(f"{exc.__class__.__name__}: {exc}") from None
-        except httpx.TimeoutException as exc:
-            raise ProviderTimeout(
-                f"{exc.__class__.__name__} after the request was sent", ambiguous=may_have_effect
-            ) from None
-        except httpx.TransportError as exc:
-            raise ProviderTransportError(
-                f"{exc.__class__.__name__}: {exc}", ambiguous=may_have_effect
-            ) from None
         return response
 
     async def submit(
@@ -397,12 +406,8 @@ class DashScopeClient:
 
     async def download(self, url: str) -> bytes:
         """Fetch a result image (result URLs are pre-signed and expire after 24 hours)."""
-        try:
+        with _translated(may_have_effect=False):
             response = await self._downloads.get(url)
-        except httpx.TransportError as exc:
-            raise ProviderTransportError(
-                f"{exc.__class__.__name__}: {exc}", ambiguous=False
-            ) from None
         if response.status_code != 200:
             raise _http_error(response)
         return response.content
