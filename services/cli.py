@@ -210,14 +210,14 @@ def status(task_id: str) -> None:
 
     async def show() -> None:
         from services.admin.views import task_view
-        from services.db.engine import make_engine
+        from services.db.engine import Database
         from services.db.repository import Repository
 
-        engine = make_engine(_settings().database_url, pool_size=1, max_overflow=0)
+        db = Database(_settings().database_url, size=1, overflow=0)
         try:
-            found = await Repository(engine).get_task(task_id)
+            found = await Repository(db).get_task(task_id)
         finally:
-            await engine.dispose()
+            await db.close()
         if found is None:
             console.print(f"[red]no task {task_id}[/red]")
             raise typer.Exit(1)
@@ -247,23 +247,21 @@ def queue() -> None:
     async def show() -> None:
         from services.admin.broker import BrokerProbe
         from services.broker.topology import Topology
-        from services.db.engine import make_engine
+        from services.db.engine import Database
         from services.db.locks import ProviderSlots
 
         settings = _settings()
         topology = Topology(settings.namespace, settings.retry_ttl_scale)
-        engine = make_engine(settings.database_url, pool_size=1, max_overflow=0)
+        db = Database(settings.database_url, size=1, overflow=0)
         probe = BrokerProbe(settings.amqp_url)
         try:
             import aio_pika
 
             probe.connection = await aio_pika.connect_robust(settings.amqp_url)
-            running = await ProviderSlots(
-                engine, settings.namespace, settings.max_concurrent
-            ).running()
+            running = await ProviderSlots(db, settings.namespace, settings.max_concurrent).running()
             depths = await probe.depths(topology.all_queues)
         finally:
-            await engine.dispose()
+            await db.close()
             if probe.connection is not None:
                 await probe.connection.close()
         table = Table("queue", "messages")

@@ -23,7 +23,7 @@ from services.broker.consumer import Consumer, Handler
 from services.broker.publisher import Publisher
 from services.broker.topology import RECONNECT_INTERVAL_S, Topology
 from services.config import Settings
-from services.db.engine import make_engine, open_pool
+from services.db.engine import Database
 from services.db.errors import DatabaseUnavailable
 from services.db.locks import ProviderSlots
 from services.db.pacing import SubmitPacer
@@ -115,12 +115,9 @@ async def _warm(opening: Coroutine[Any, Any, None]) -> None:
 
 @asynccontextmanager
 async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
-    # One connection beyond the pool, for a worker's lock keeper, which holds it for good.
-    # More overflow churns: a connection returned to a full pool is closed, and the next
-    # burst forks a cold server process again (about 16 a second under load).
-    engine = make_engine(settings.database_url, pool_size=settings.db_pool_size, max_overflow=1)
+    db = Database(settings.database_url, size=settings.db_pool_size, overflow=0)
     async with AsyncExitStack() as stack:
-        stack.push_async_callback(engine.dispose)
+        stack.push_async_callback(db.close)
         connection = await aio_pika.connect_robust(
             settings.amqp_url,
             client_properties={"connection_name": "imagegen"},
@@ -134,12 +131,12 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
         publisher = Publisher(
             await connection.channel(publisher_confirms=True, on_return_raises=True)
         )
-        slots = ProviderSlots(engine, settings.namespace, settings.max_concurrent)
+        slots = ProviderSlots(db, settings.namespace, settings.max_concurrent)
         stack.push_async_callback(slots.close)
-        await _warm(open_pool(engine, settings.db_pool_size))
+        await _warm(db.warm(settings.db_pool_size))
         yield Wiring(
             settings=settings,
-            repo=Repository(engine),
+            repo=Repository(db),
             topology=topology,
             events=Events(topology),
             connection=connection,
@@ -200,7 +197,7 @@ async def run(
         if Role.WORKER in roles:
             client = await stack.enter_async_context(provider_client(settings))
             pacer = SubmitPacer(
-                wired.repo.engine, settings.namespace, settings.provider_submit_rate_per_s
+                wired.repo.db, settings.namespace, settings.provider_submit_rate_per_s
             )
             await _warm(wired.slots.connect())
             worker = ImageWorker(settings, wired.repo, wired.slots, client, wired.events, pacer)

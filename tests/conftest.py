@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.config import Settings, load_settings
-from services.db.engine import drop_database, ensure_database, make_engine
+from services.db.engine import Database, drop_database, ensure_database
 from services.db.migrate import upgrade
 from services.db.repository import Repository
 from tests.services import ServiceUrls, service_urls
@@ -68,12 +67,12 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-async def engine(database: str) -> AsyncIterator[AsyncEngine]:
-    engine = make_engine(database)
-    yield engine
-    await engine.dispose()
+async def db(database: str) -> AsyncIterator[Database]:
+    db = Database(database)
+    yield db
+    await db.close()
 
 
 @pytest.fixture(scope="session")
-def repo(engine: AsyncEngine) -> Repository:
-    return Repository(engine)
+def repo(db: Database) -> Repository:
+    return Repository(db)

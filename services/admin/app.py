@@ -21,7 +21,7 @@ from services.admin.views import fail, ok, task_view
 from services.broker.errors import BrokerUnavailable
 from services.broker.topology import Topology
 from services.config import Settings
-from services.db.engine import make_engine
+from services.db.engine import Database
 from services.db.errors import RepositoryError
 from services.db.locks import ProviderSlots
 from services.db.repository import Repository
@@ -92,16 +92,16 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
         async with AsyncExitStack() as stack:
             own = deps
             if own is None:
-                engine = make_engine(settings.database_url, pool_size=5, max_overflow=5)
-                stack.push_async_callback(engine.dispose)
+                db = Database(settings.database_url, size=5, overflow=5)
+                stack.push_async_callback(db.close)
                 topology = Topology(settings.namespace, settings.retry_ttl_scale)
                 broker = BrokerProbe(settings.amqp_url)
                 broker.start()
                 stack.push_async_callback(broker.close)
                 own = AdminDeps(
                     settings,
-                    Repository(engine),
-                    ProviderSlots(engine, settings.namespace, settings.max_concurrent),
+                    Repository(db),
+                    ProviderSlots(db, settings.namespace, settings.max_concurrent),
                     Events(topology),
                     topology,
                     broker,

@@ -1,15 +1,16 @@
-"""Engine construction, and creating the database when it does not exist yet."""
+"""The connection pool, and creating the database when it does not exist yet."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from services.db.errors import is_unavailable, translated
 
@@ -17,50 +18,107 @@ Driver = Any
 """An ``asyncpg.Connection`` (asyncpg ships no type hints)."""
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
-    # No pre-ping: it costs a round trip per transaction, and a disconnect already makes
-    # SQLAlchemy discard every older pooled connection, while the failed operation is
-    # retried through the broker (DatabaseUnavailable requeues the message).
-    # LIFO: the connections in use stay few and warm (a fresh server process has cold
-    # catalog caches and no prepared statements), and the rest idle.
-    return create_async_engine(
-        url, pool_size=pool_size, max_overflow=max_overflow, pool_recycle=1800, pool_use_lifo=True
-    )
+async def _keep(conn: Driver) -> None:
+    """What a pooled connection is reset with on release: nothing. asyncpg's default
+    (``RESET ALL``, unlisten, unlock advisory locks) is a round trip per checkout, and
+    pooled connections change none of it; an open transaction is still rolled back."""
 
 
-async def driver_of(conn: AsyncConnection) -> Driver:
-    """The asyncpg connection under a pooled SQLAlchemy one, reconnected if it died."""
-    driver = (await conn.get_raw_connection()).driver_connection
-    if driver is None or driver.is_closed():
-        await conn.invalidate()
-        driver = (await conn.get_raw_connection()).driver_connection
-    return driver
+async def _setup(conn: Driver) -> None:
+    # JSON columns in and out as Python values, as the repository reads and writes them.
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=_same, decoder=json.loads, schema="pg_catalog", format="text"
+        )
 
 
-@asynccontextmanager
-async def checkout(engine: AsyncEngine) -> AsyncIterator[Driver]:
-    """A pooled connection's asyncpg driver, for statements run without SQLAlchemy's
-    execution layer (it cost more CPU per statement than the rest of an image's database
-    work; see docs/ARCHITECTURE.md). The pool still owns the connection: one that failed
-    or was interrupted mid-statement is invalidated rather than handed out again."""
-    async with translated(), engine.connect() as conn:
-        driver = await driver_of(conn)
-        try:
-            yield driver
-        except BaseException as exc:
-            if driver.is_closed() or isinstance(exc, asyncio.CancelledError) or is_unavailable(exc):
-                await conn.invalidate()
-            raise
+def _same(value: str) -> str:
+    return value
 
 
-async def open_pool(engine: AsyncEngine, size: int) -> None:
-    """Open ``size`` pooled connections now. Otherwise the first messages each wait for a
-    new connection and a server process with cold caches (asyncpg's own pool opens its
-    minimum size at start the same way)."""
-    async with AsyncExitStack() as stack:
-        for _ in range(size):
-            driver = await stack.enter_async_context(checkout(engine))
-            await driver.fetchval("SELECT 1")
+class Database:
+    """PostgreSQL as the service uses it: an asyncpg pool, opened on first use, plus
+    dedicated sessions for what must outlive a checkout (the lock keeper).
+
+    asyncpg's own pool rather than SQLAlchemy's: statements already run on the driver
+    (SQLAlchemy's execution layer cost more CPU per statement than the rest of an image's
+    database work), and SQLAlchemy's async pool added three greenlet hops to every
+    checkout: 320 against 180 us of CPU for a checkout and one statement (see
+    docs/ARCHITECTURE.md). The pool is LIFO, so the connections in use stay few and warm,
+    and it keeps connections it opened until they idle for ``IDLE_S``: a burst does not
+    fork cold server processes again."""
+
+    IDLE_S = 300.0
+    ACQUIRE_TIMEOUT_S = 30.0
+
+    def __init__(self, url: str, *, size: int = 10, overflow: int = 20) -> None:
+        self.url = url
+        self.dsn = _plain_dsn(url, make_url(url).database or "postgres")
+        self.size = size
+        self.overflow = overflow
+        self._pool: asyncpg.Pool | None = None
+        self._opening = asyncio.Lock()
+
+    async def _opened(self) -> asyncpg.Pool:
+        if self._pool is None:
+            async with self._opening, translated():
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        self.dsn,
+                        min_size=0,
+                        max_size=self.size + self.overflow,
+                        max_inactive_connection_lifetime=self.IDLE_S,
+                        init=_setup,
+                        reset=_keep,
+                    )
+        return self._pool
+
+    @asynccontextmanager
+    async def checkout(self) -> AsyncIterator[Driver]:
+        """A pooled connection. One that failed or was interrupted mid-statement is
+        closed rather than handed out again."""
+        pool = await self._opened()
+        async with translated():
+            conn = await pool.acquire(timeout=self.ACQUIRE_TIMEOUT_S)
+            try:
+                yield conn
+            except BaseException as exc:
+                if isinstance(exc, asyncio.CancelledError) or is_unavailable(exc):
+                    conn.terminate()
+                raise
+            finally:
+                # A connection that fails its release is closed by the pool; what the
+                # block did is decided already.
+                with contextlib.suppress(Exception):
+                    await pool.release(conn)
+
+    async def connect(self) -> Driver:
+        """A session of its own, outside the pool; the caller closes it."""
+        async with translated():
+            conn = await asyncpg.connect(self.dsn)
+            await _setup(conn)
+            return conn
+
+    async def warm(self, count: int) -> None:
+        """Open ``count`` pooled connections now. Otherwise the first messages each wait for
+        a new connection and a server process with cold caches."""
+        async with AsyncExitStack() as stack:
+            for _ in range(count):
+                conn = await stack.enter_async_context(self.checkout())
+                await conn.fetchval("SELECT 1")
+
+    def connections(self) -> tuple[int, int]:
+        """How many pooled connections are open, and how many of those are idle."""
+        if self._pool is None:
+            return 0, 0
+        return self._pool.get_size(), self._pool.get_idle_size()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(pool.close(), 10)
+            pool.terminate()
 
 
 def _plain_dsn(url: str, database: str) -> str:

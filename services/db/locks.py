@@ -18,10 +18,8 @@ import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from services import metrics
-from services.db.engine import Driver, checkout
+from services.db.engine import Database, Driver
 from services.db.errors import DatabaseUnavailable, translated
 
 # One round trip: a free slot (not one this process holds), then the image (migration 0002).
@@ -45,12 +43,11 @@ def lock_classes(namespace: str) -> tuple[int, int]:
 class ProviderSlots:
     """At most ``size`` provider calls in flight across every process sharing the database."""
 
-    def __init__(self, engine: AsyncEngine, namespace: str, size: int) -> None:
-        self.engine = engine
+    def __init__(self, db: Database, namespace: str, size: int) -> None:
+        self.db = db
         self.size = size
         self.slot_class, self.image_class = lock_classes(namespace)
-        self._keeper: AsyncConnection | None = None
-        self._driver: Driver = None
+        self._keeper: Driver = None
         self._generation = 0
         """Raised whenever the keeper is replaced: locks of an older one are gone already."""
         self._io = asyncio.Lock()
@@ -65,28 +62,26 @@ class ProviderSlots:
         it always matches what the session holds. With ``generation``, only that keeper
         session (else None: it is gone, and the locks it held with it)."""
         async with self._io, translated():
-            if self._keeper is not None and (self._keeper.invalidated or self._driver.is_closed()):
-                await self._discard_keeper()
+            if self._keeper is not None and self._keeper.is_closed():
+                self._discard_keeper()
             if generation is not None and (self._keeper is None or generation != self._generation):
                 yield None
                 return
             if self._keeper is None:
-                self._keeper = await self.engine.connect()
-                self._driver = (await self._keeper.get_raw_connection()).driver_connection
+                self._keeper = await self.db.connect()
                 self._generation += 1
                 self._slots.clear()  # a new session holds nothing
             try:
-                yield self._driver
+                yield self._keeper
             except BaseException:
-                await self._discard_keeper()
+                self._discard_keeper()
                 raise
 
-    async def _discard_keeper(self) -> None:
+    def _discard_keeper(self) -> None:
         """Drop the keeper session, and with it every lock it held."""
         keeper, self._keeper = self._keeper, None
         if keeper is not None:
-            await keeper.invalidate()
-            await keeper.close()
+            keeper.terminate()
 
     async def connect(self) -> None:
         """Open the keeper session now rather than on the first message, and call the
@@ -166,7 +161,7 @@ class ProviderSlots:
         now = time.monotonic()
         if self._counted is not None and now - self._counted[0] <= max_age_s:
             return self._counted[1]
-        async with checkout(self.engine) as conn:
+        async with self.db.checkout() as conn:
             count = int(await conn.fetchval(_RUNNING, self.slot_class) or 0)
         self._counted = (now, count)
         return count

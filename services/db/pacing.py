@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from services.db.engine import checkout
+from services.db.engine import Database
 
 _RESERVE = (
     "INSERT INTO provider_pacing (namespace, next_at)"
@@ -24,8 +22,8 @@ _RESERVE = (
 
 
 class SubmitPacer:
-    def __init__(self, engine: AsyncEngine, namespace: str, rate_per_s: float) -> None:
-        self.engine = engine
+    def __init__(self, db: Database, namespace: str, rate_per_s: float) -> None:
+        self.db = db
         self.namespace = namespace
         self.gap_s = 1 / rate_per_s if rate_per_s > 0 else 0.0
 
@@ -33,7 +31,7 @@ class SubmitPacer:
         """Wait for this submit's turn; returns the seconds waited."""
         if not self.gap_s:
             return 0.0
-        async with checkout(self.engine) as conn:
+        async with self.db.checkout() as conn:
             delay = float(await conn.fetchval(_RESERVE, self.namespace, self.gap_s) or 0.0)
         if delay > 0:
             await asyncio.sleep(delay)

@@ -14,9 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from services.db.engine import Driver, checkout
+from services.db.engine import Database, Driver
 from services.db.errors import LostRace
 from services.db.models import task_images
 from services.db.rows import ImageRow, NewTask, OutboxRow, Outgoing, TaskRow
@@ -408,18 +406,18 @@ class TaskCounts:
 class Repository:
     """The database, as the rest of the service sees it."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self.engine = engine
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with checkout(self.engine) as conn, conn.transaction():
+        async with self.db.checkout() as conn, conn.transaction():
             yield Tx(conn)
 
     @asynccontextmanager
     async def autocommit(self) -> AsyncIterator[Tx]:
         """For statements each atomic by itself: no BEGIN/COMMIT round trips."""
-        async with checkout(self.engine) as conn:
+        async with self.db.checkout() as conn:
             yield Tx(conn)
 
     async def atomic(self, work: Callable[[Tx], Awaitable[T]], tries: int = 50) -> T:
@@ -440,7 +438,7 @@ class Repository:
         return None if task is None else (task, images)
 
     async def ping(self) -> None:
-        async with checkout(self.engine) as conn:
+        async with self.db.checkout() as conn:
             await conn.fetchval("SELECT 1")
 
     async def counts(self) -> TaskCounts:

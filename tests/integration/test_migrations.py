@@ -8,15 +8,16 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.config import Settings
-from services.db.engine import drop_database, ensure_database, make_engine
+from services.db.engine import drop_database, ensure_database
 from services.db.migrate import downgrade, upgrade
 from services.db.models import Base
 
 
 async def _diff(url: str) -> list[Any]:
-    engine = make_engine(url)
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
 
@@ -29,7 +30,7 @@ async def _diff(url: str) -> list[Any]:
 
 
 async def _tables(url: str) -> set[str]:
-    engine = make_engine(url)
+    engine = create_async_engine(url)
     try:
         async with engine.connect() as conn:
             return set(await conn.run_sync(lambda c: inspect(c).get_table_names()))
@@ -51,7 +52,7 @@ async def test_upgrade_matches_models_then_downgrade_and_upgrade_again(settings:
 
         await upgrade(url)
         assert await _diff(url) == []
-        engine = make_engine(url)
+        engine = create_async_engine(url)
         async with engine.connect() as conn:
             trigger = await conn.scalar(
                 text("SELECT count(*) FROM pg_trigger WHERE tgname = 'outbox_notify'")

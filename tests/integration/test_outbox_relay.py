@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 from services.aio import wait_any
 from services.broker.publisher import Publisher
 from services.config import Settings
-from services.db.engine import drop_database, ensure_database, make_engine
+from services.db.engine import Database, drop_database, ensure_database
 from services.db.migrate import upgrade
 from services.db.repository import Repository
 from services.db.rows import Outgoing
@@ -36,9 +36,9 @@ async def database(settings: Settings) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="module")
 async def repo(database: str) -> AsyncIterator[Repository]:
-    engine = make_engine(database)
-    yield Repository(engine)
-    await engine.dispose()
+    db = Database(database)
+    yield Repository(db)
+    await db.close()
 
 
 @pytest.fixture

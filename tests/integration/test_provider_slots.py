@@ -10,24 +10,22 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.db.engine import make_engine
+from services.db.engine import Database
 from services.db.locks import ProviderSlots
 
 
 @pytest.fixture
-async def engines(database: str) -> AsyncIterator[list[AsyncEngine]]:
-    engines = [make_engine(database, pool_size=2, max_overflow=2) for _ in range(2)]
-    yield engines
-    for engine in engines:
-        await engine.dispose()
+async def dbs(database: str) -> AsyncIterator[list[Database]]:
+    dbs = [Database(database, size=2, overflow=2) for _ in range(2)]
+    yield dbs
+    for db in dbs:
+        await db.close()
 
 
-async def test_two_keepers_never_hold_more_slots_than_the_limit(engines: list[AsyncEngine]) -> None:
+async def test_two_keepers_never_hold_more_slots_than_the_limit(dbs: list[Database]) -> None:
     namespace = f"slots-{uuid.uuid4().hex[:8]}"
-    processes = [ProviderSlots(engine, namespace, size=3) for engine in engines]
+    processes = [ProviderSlots(db, namespace, size=3) for db in dbs]
     inside = peak = done = 0
 
     async def job(slots: ProviderSlots, image: int) -> None:
@@ -51,10 +49,10 @@ async def test_two_keepers_never_hold_more_slots_than_the_limit(engines: list[As
 
 
 async def test_an_image_has_one_holder_in_a_process_and_across_processes(
-    engines: list[AsyncEngine],
+    dbs: list[Database],
 ) -> None:
     namespace = f"slots-{uuid.uuid4().hex[:8]}"
-    first, other = (ProviderSlots(engine, namespace, size=4) for engine in engines)
+    first, other = (ProviderSlots(db, namespace, size=4) for db in dbs)
     async with first.hold(7) as held:
         assert held
         async with first.hold(7) as again:
@@ -68,9 +66,9 @@ async def test_an_image_has_one_holder_in_a_process_and_across_processes(
     await other.close()
 
 
-async def test_a_closed_keeper_gives_its_slots_back(engines: list[AsyncEngine]) -> None:
+async def test_a_closed_keeper_gives_its_slots_back(dbs: list[Database]) -> None:
     namespace = f"slots-{uuid.uuid4().hex[:8]}"
-    crashed, survivor = (ProviderSlots(engine, namespace, size=1) for engine in engines)
+    crashed, survivor = (ProviderSlots(db, namespace, size=1) for db in dbs)
     entered = asyncio.Event()
 
     async def hold_forever() -> None:
@@ -82,30 +80,28 @@ async def test_a_closed_keeper_gives_its_slots_back(engines: list[AsyncEngine]) 
     await entered.wait()
     assert await survivor.running() == 1
     assert crashed._keeper is not None
-    await crashed._keeper.invalidate()  # the session dies, as with a killed process
+    crashed._keeper.terminate()  # the session dies, as with a killed process
     holder.cancel()
     async with survivor.hold(2) as held:
         assert held
     await survivor.close()
 
 
-async def _advisory_locks(engine: AsyncEngine, lock_class: int) -> int:
-    async with engine.connect() as conn:
-        count = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = :c"
-            ),
-            {"c": lock_class},
+async def _advisory_locks(db: Database, lock_class: int) -> int:
+    async with db.checkout() as conn:
+        count = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid::bigint = $1",
+            lock_class,
         )
     return int(count or 0)
 
 
-async def test_each_acquire_takes_exactly_one_slot_lock(engines: list[AsyncEngine]) -> None:
-    slots = ProviderSlots(engines[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
+async def test_each_acquire_takes_exactly_one_slot_lock(dbs: list[Database]) -> None:
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
     holds = [slots.hold(100 + i) for i in range(3)]
     for hold in holds:
         assert await hold.__aenter__()
-    locks = await _advisory_locks(engines[1], slots.slot_class)
+    locks = await _advisory_locks(dbs[1], slots.slot_class)
     assert locks == 3
     for hold in holds:
         await hold.__aexit__(None, None, None)
@@ -114,9 +110,9 @@ async def test_each_acquire_takes_exactly_one_slot_lock(engines: list[AsyncEngin
 
 
 async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
-    engines: list[AsyncEngine],
+    dbs: list[Database],
 ) -> None:
-    slots = ProviderSlots(engines[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
     await slots.connect()
 
     async def hold() -> None:
@@ -133,7 +129,7 @@ async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
             break
         await asyncio.sleep(0.01)
     assert await slots.running() == 0, "the slot granted meanwhile was given back"
-    images = await _advisory_locks(engines[1], slots.image_class)
+    images = await _advisory_locks(dbs[1], slots.image_class)
     assert images == 0
     async with slots.hold(9) as held:
         assert held
@@ -141,9 +137,9 @@ async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
 
 
 async def test_slots_freed_and_wanted_at_the_same_time_change_hands(
-    engines: list[AsyncEngine],
+    dbs: list[Database],
 ) -> None:
-    slots = ProviderSlots(engines[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
     first = [slots.hold(i) for i in range(4)]
     for hold in first:
         assert await hold.__aenter__()
@@ -160,10 +156,10 @@ async def test_slots_freed_and_wanted_at_the_same_time_change_hands(
 
 
 async def test_a_running_count_is_reused_only_while_younger_than_the_age_asked_for(
-    engines: list[AsyncEngine],
+    dbs: list[Database],
 ) -> None:
     namespace = f"slots-{uuid.uuid4().hex[:8]}"
-    counter, holder = (ProviderSlots(engine, namespace, size=4) for engine in engines)
+    counter, holder = (ProviderSlots(db, namespace, size=4) for db in dbs)
     assert await counter.running(max_age_s=60) == 0
     async with holder.hold(1) as held:
         assert held
