@@ -261,7 +261,9 @@ class DashScopeClient:
         self._timeouts = {
             "timeout": httpx.Timeout(read_timeout_s, connect=connect_timeout_s).as_dict()
         }
-        self._transport = ProviderTransport(limits=httpx.Limits(max_connections=max_connections))
+        self._transport = ProviderTransport(
+            self._base_url, limits=httpx.Limits(max_connections=max_connections)
+        )
         # Result URLs point at object storage: a client without the key, so it never leaks.
         self._downloads = httpx.AsyncClient(
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s)

@@ -13,20 +13,32 @@ connect" apart from "lost the connection".
 
 from __future__ import annotations
 
+import urllib.request
+from typing import Any
+
 import aiohttp
 import httpx
 from httpx_aiohttp import AiohttpTransport
 
 
+def environment_proxy(url: str) -> httpx.Proxy | None:
+    """The proxy the environment names for ``url`` (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, and
+    NO_PROXY to bypass it), read once as httpx's client does. aiohttp reads them for every
+    request instead (``trust_env``), and ~/.netrc with them, each in a thread of its own:
+    four thread hand-offs per image, for values that do not change while a process runs."""
+    proxies = urllib.request.getproxies_environment()
+    target = httpx.URL(url)
+    if not target.host or urllib.request.proxy_bypass(target.host):
+        return None
+    proxy = proxies.get(target.scheme) or proxies.get("all")
+    return httpx.Proxy(proxy) if proxy else None
+
+
 class ProviderTransport(AiohttpTransport):
-    def get_client(self) -> aiohttp.ClientSession:
-        # The library's session, but reading the proxy from the environment.
-        connector = aiohttp.TCPConnector(
-            limit=self.limits.max_connections or 0,
-            keepalive_timeout=self.limits.keepalive_expiry,
-            ssl=self.ssl_context,
-        )
-        return aiohttp.ClientSession(connector=connector, trust_env=True)
+    """A transport for requests to one base URL, through the proxy the environment names."""
+
+    def __init__(self, base_url: str, **kwargs: Any) -> None:
+        super().__init__(proxy=environment_proxy(base_url), **kwargs)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         try:

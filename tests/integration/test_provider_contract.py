@@ -97,9 +97,9 @@ async def test_the_key_goes_to_the_api_but_never_to_a_result_url() -> None:
     assert "authorization" not in download and KEY.lower() not in download
 
 
-async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+@pytest.fixture
+async def env_proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[bytes]]:
+    """A proxy named by HTTP_PROXY that records each request line and answers 503."""
     request_lines: list[bytes] = []
 
     async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -114,17 +114,36 @@ async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
         monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
     for name in ("no_proxy", "NO_PROXY"):
         monkeypatch.delenv(name, raising=False)
+    yield request_lines
+    server.close()
+
+
+async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
+    env_proxy: list[bytes],
+) -> None:
     c = DashScopeClient("http://dashscope.invalid/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
     try:
         with pytest.raises(ProviderHTTPError) as failed:
             await c.submit("a cat")
     finally:
         await c.aclose()
-        server.close()
     assert failed.value.status == 503
-    assert request_lines == [
+    assert env_proxy == [
         b"POST http://dashscope.invalid/api/v1/services/aigc/text2image/image-synthesis HTTP/1.1"
     ]
+
+
+async def test_a_provider_host_named_in_no_proxy_is_reached_directly(
+    env_proxy: list[bytes], sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    c = _client(sim)
+    try:
+        done = await c.wait((await c.submit("a cat")).task_id)
+    finally:
+        await c.aclose()
+    assert done.status is ProviderTaskStatus.SUCCEEDED
+    assert env_proxy == []
 
 
 async def test_two_images_of_one_prompt_have_different_bytes(client: DashScopeClient) -> None:
