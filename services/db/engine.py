@@ -52,7 +52,6 @@ class Database:
     ACQUIRE_TIMEOUT_S = 30.0
 
     def __init__(self, url: str, *, size: int = 10, overflow: int = 20) -> None:
-        self.url = url
         self.dsn = _plain_dsn(url, make_url(url).database or "postgres")
         self.size = size
         self.overflow = overflow
