@@ -28,12 +28,8 @@ async def _setup(conn: Driver) -> None:
     # JSON columns in and out as Python values, as the repository reads and writes them.
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
-            name, encoder=_same, decoder=json.loads, schema="pg_catalog", format="text"
+            name, encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
         )
-
-
-def _same(value: str) -> str:
-    return value
 
 
 class Database:
@@ -95,7 +91,11 @@ class Database:
         """A session of its own, outside the pool; the caller closes it."""
         async with translated():
             conn = await asyncpg.connect(self.dsn)
-            await _setup(conn)
+            try:
+                await _setup(conn)
+            except BaseException:
+                conn.terminate()
+                raise
             return conn
 
     async def warm(self, count: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -70,26 +71,36 @@ async def test_a_submitted_task_succeeds_with_a_real_png_and_is_billed_once(
     assert (stats["submits"], stats["billed_images"]) == (1, 1)
 
 
-async def test_the_key_goes_to_the_api_but_never_to_a_result_url() -> None:
-    seen: list[bytes] = []
+@asynccontextmanager
+async def _recording_server(response: bytes) -> AsyncIterator[tuple[int, list[bytes]]]:
+    """A local HTTP server that records each request's head and answers ``response``."""
+    heads: list[bytes] = []
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        seen.append(await reader.readuntil(b"\r\n\r\n"))
-        body = b'{"output": {"task_id": "t-1", "task_status": "PENDING"}}'
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
-        writer.write(b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(response)
         await writer.drain()
         writer.close()
 
     port = free_port()
     server = await asyncio.start_server(answer, "127.0.0.1", port)
-    c = DashScopeClient(f"http://127.0.0.1:{port}/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
     try:
-        await c.submit("a cat")
-        await c.download(f"http://127.0.0.1:{port}/result.png?Expires=1")
+        yield port, heads
     finally:
-        await c.aclose()
         server.close()
+
+
+async def test_the_key_goes_to_the_api_but_never_to_a_result_url() -> None:
+    body = b'{"output": {"task_id": "t-1", "task_status": "PENDING"}}'
+    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+    response += b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+    async with _recording_server(response) as (port, seen):
+        c = DashScopeClient(f"http://127.0.0.1:{port}/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
+        try:
+            await c.submit("a cat")
+            await c.download(f"http://127.0.0.1:{port}/result.png?Expires=1")
+        finally:
+            await c.aclose()
     submit, download = (head.decode().lower() for head in seen)
     assert submit.startswith("post /api/v1/services/aigc/text2image/image-synthesis ")
     assert f"authorization: bearer {KEY}".lower() in submit
@@ -99,23 +110,14 @@ async def test_the_key_goes_to_the_api_but_never_to_a_result_url() -> None:
 
 @pytest.fixture
 async def env_proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[bytes]]:
-    """A proxy named by HTTP_PROXY that records each request line and answers 503."""
-    request_lines: list[bytes] = []
-
-    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request_lines.append((await reader.readuntil(b"\r\n\r\n")).split(b"\r\n")[0])
-        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    port = free_port()
-    server = await asyncio.start_server(proxy, "127.0.0.1", port)
-    for name in ("http_proxy", "HTTP_PROXY"):
-        monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
-    for name in ("no_proxy", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    yield request_lines
-    server.close()
+    """A proxy named by HTTP_PROXY that records each request's head and answers 503."""
+    response = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
+    async with _recording_server(response) as (port, heads):
+        for name in ("http_proxy", "HTTP_PROXY"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
+        for name in ("no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(name, raising=False)
+        yield heads
 
 
 async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
@@ -128,7 +130,7 @@ async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
     finally:
         await c.aclose()
     assert failed.value.status == 503
-    assert env_proxy == [
+    assert [head.split(b"\r\n")[0] for head in env_proxy] == [
         b"POST http://dashscope.invalid/api/v1/services/aigc/text2image/image-synthesis HTTP/1.1"
     ]
 
