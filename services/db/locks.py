@@ -24,7 +24,10 @@ from services.db.errors import DatabaseUnavailable, translated
 
 # One round trip: a free slot (not one this process holds), then the image (migration 0002).
 _ACQUIRE = "SELECT imagegen_acquire($1, $2, $3, $4::int[], $5, $6)"
-_RELEASE = "SELECT pg_advisory_unlock($1, $2), pg_advisory_unlock($3, $4)"
+_RELEASE = (
+    "SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) s"
+    " UNION ALL SELECT pg_advisory_unlock($3, i) FROM unnest($4::int[]) i"
+)
 IMAGE_HELD_ELSEWHERE = -1
 _RUNNING = (
     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
@@ -53,6 +56,8 @@ class ProviderSlots:
         self._io = asyncio.Lock()
         self._slots: set[int] = set()
         self._images: set[int] = set()
+        self._unlocks: list[tuple[int, int, int]] = []
+        """Slots and images to give back, with the keeper generation that holds them."""
         self._released = asyncio.Event()
         self._counted: tuple[float, int] | None = None
 
@@ -143,12 +148,24 @@ class ProviderSlots:
                 pause = min(pause * 2, MAX_PAUSE_S)
 
     async def _release(self, slot: int, image_id: int, generation: int) -> None:
+        self._unlocks.append((slot, image_id, generation))
         try:
             async with self._session(generation) as keeper:
-                if keeper is not None:
-                    self._slots.discard(slot)
-                    await keeper.execute(
-                        _RELEASE, self.slot_class, slot, self.image_class, image_id
+                # Releases queue behind other keeper calls: the first to get the session
+                # sends every one waiting, in one round trip, and the rest find none left.
+                # Those of an older keeper are dropped: its locks died with it.
+                if keeper is None:
+                    return
+                live = [u for u in self._unlocks if u[2] == generation]
+                self._unlocks.clear()
+                if live:
+                    self._slots.difference_update(s for s, _, _ in live)
+                    await keeper.fetch(
+                        _RELEASE,
+                        self.slot_class,
+                        [s for s, _, _ in live],
+                        self.image_class,
+                        [i for _, i, _ in live],
                     )
         except DatabaseUnavailable:
             pass  # the keeper died, and the locks with it

@@ -170,3 +170,22 @@ async def test_a_running_count_is_reused_only_while_younger_than_the_age_asked_f
     assert await counter.running(max_age_s=0.01) == 0, "an older count is taken again"
     await counter.close()
     await holder.close()
+
+
+async def test_releases_queued_behind_another_go_out_together_and_free_every_lock(
+    dbs: list[Database],
+) -> None:
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=6)
+    holds = [slots.hold(200 + i) for i in range(6)]
+    for hold in holds:
+        assert await hold.__aenter__()
+    keeper = slots._keeper
+    assert keeper is not None
+    sent: list[str] = []
+    keeper.add_query_logger(lambda query: sent.append(query.query))
+    await asyncio.gather(*(hold.__aexit__(None, None, None) for hold in holds))
+    # The first release goes alone; the five that queued behind it share one statement.
+    assert len(sent) == 2, sent
+    assert await _advisory_locks(dbs[1], slots.slot_class) == 0
+    assert await _advisory_locks(dbs[1], slots.image_class) == 0
+    await slots.close()
