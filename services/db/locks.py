@@ -7,6 +7,9 @@ recover, and no connection held per in-flight provider call.
 
 Session advisory locks are re-entrant: the keeper could take the same key twice. The
 process therefore remembers which slots and images it holds and never asks for them again.
+
+Keeper calls take turns. The tries and releases that queue behind the call on the wire go
+out together in the next one: a burst of messages costs a few round trips, not two each.
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ from services import metrics
 from services.db.engine import Database, Driver
 from services.db.errors import DatabaseUnavailable, translated
 
-# One round trip: a free slot (not one this process holds), then the image (migration 0002).
-_ACQUIRE = "SELECT imagegen_acquire($1, $2, $3, $4::int[], $5, $6)"
+# One round trip: for each image, a free slot (not one this process holds), then the image
+# (migrations 0002 and 0005).
+_ACQUIRE = "SELECT imagegen_acquire_many($1, $2, $3, $4::int[], $5, $6::int[])"
 _RELEASE = (
     "SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) s"
     " UNION ALL SELECT pg_advisory_unlock($3, i) FROM unnest($4::int[]) i"
@@ -56,10 +60,13 @@ class ProviderSlots:
         self._io = asyncio.Lock()
         self._slots: set[int] = set()
         self._images: set[int] = set()
+        self._wanted: dict[int, asyncio.Future[tuple[int | None, int]]] = {}
+        """Images waiting for a try at a slot, and where each try's answer goes."""
         self._unlocks: list[tuple[int, int, int]] = []
         """Slots and images to give back, with the keeper generation that holds them."""
         self._released = asyncio.Event()
         self._counted: tuple[float, int] | None = None
+        self._giving_back: set[asyncio.Task[None]] = set()
 
     @asynccontextmanager
     async def _session(self, generation: int | None = None) -> AsyncIterator[Driver]:
@@ -93,7 +100,7 @@ class ProviderSlots:
         acquire function once with no slot to take: its first call in a session compiles
         it and prepares the statement (about 10-20 ms, paid by the first image otherwise)."""
         async with self._session() as keeper:
-            await keeper.fetchval(_ACQUIRE, self.slot_class, 0, 0, [], self.image_class, 0)
+            await keeper.fetchval(_ACQUIRE, self.slot_class, 0, 0, [], self.image_class, [])
 
     @asynccontextmanager
     async def hold(self, image_id: int) -> AsyncIterator[bool]:
@@ -125,27 +132,65 @@ class ProviderSlots:
         pause = 0.005
         while True:
             self._released.clear()
-            async with self._session() as keeper:
-                slot = await keeper.fetchval(
-                    _ACQUIRE,
-                    self.slot_class,
-                    self.size,
-                    random.randrange(self.size),
-                    sorted(self._slots),
-                    self.image_class,
-                    image_id,
-                )
-                if slot == IMAGE_HELD_ELSEWHERE:
-                    return None
-                if slot is not None:
-                    self._slots.add(int(slot))
-                    metrics.SLOT_WAIT_SECONDS.observe(time.monotonic() - started)
-                    return int(slot), self._generation
+            slot, generation = await self._try(image_id)
+            if slot == IMAGE_HELD_ELSEWHERE:
+                return None
+            if slot is not None:
+                metrics.SLOT_WAIT_SECONDS.observe(time.monotonic() - started)
+                return slot, generation
             # Every slot is taken: wait for one of ours to free, or back off for others'.
             try:
                 await asyncio.wait_for(self._released.wait(), pause * (1 + random.random()))
             except TimeoutError:
                 pause = min(pause * 2, MAX_PAUSE_S)
+
+    async def _try(self, image_id: int) -> tuple[int | None, int]:
+        """One try at a slot and the image: the slot, None (all taken) or
+        ``IMAGE_HELD_ELSEWHERE``, with the keeper generation that holds it. Tries queue
+        behind the keeper's current call: the first to get the keeper sends every one
+        waiting, in one round trip, and the others find their answer there."""
+        answer: asyncio.Future[tuple[int | None, int]] = asyncio.get_running_loop().create_future()
+        try:
+            self._wanted[image_id] = answer
+            async with self._session() as keeper:
+                if not answer.done():
+                    self._wanted[image_id] = answer  # a failed call before ours dropped it
+                    await self._send_tries(keeper)
+            return answer.result()
+        except BaseException:
+            if self._wanted.get(image_id) is answer:
+                del self._wanted[image_id]
+            if not answer.cancel():  # answered by another's call, then this one gave up
+                slot, generation = answer.result()
+                if slot is not None and slot >= 0:
+                    self._give_back(slot, image_id, generation)
+            raise
+
+    async def _send_tries(self, keeper: Driver) -> None:
+        wanted = dict(self._wanted)
+        self._wanted.clear()
+        slots = await keeper.fetchval(
+            _ACQUIRE,
+            self.slot_class,
+            self.size,
+            random.randrange(self.size),
+            sorted(self._slots),
+            self.image_class,
+            list(wanted),
+        )
+        for (image_id, answer), slot in zip(wanted.items(), slots, strict=True):
+            granted = slot is not None and slot >= 0
+            if granted:
+                self._slots.add(slot)
+            if not answer.cancelled():
+                answer.set_result((slot, self._generation))
+            elif granted:  # its holder gave up while this call was on the wire
+                self._give_back(slot, image_id, self._generation)
+
+    def _give_back(self, slot: int, image_id: int, generation: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(slot, image_id, generation))
+        self._giving_back.add(task)
+        task.add_done_callback(self._giving_back.discard)
 
     async def _release(self, slot: int, image_id: int, generation: int) -> None:
         self._unlocks.append((slot, image_id, generation))

@@ -189,3 +189,58 @@ async def test_releases_queued_behind_another_go_out_together_and_free_every_loc
     assert await _advisory_locks(dbs[1], slots.slot_class) == 0
     assert await _advisory_locks(dbs[1], slots.image_class) == 0
     await slots.close()
+
+
+async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_each(
+    dbs: list[Database],
+) -> None:
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    await slots.connect()
+    assert slots._keeper is not None
+    sent: list[str] = []
+    slots._keeper.add_query_logger(lambda query: sent.append(query.query))
+    holds = [slots.hold(300 + i) for i in range(6)]
+    entered = await asyncio.gather(
+        *(asyncio.wait_for(hold.__aenter__(), 0.3) for hold in holds), return_exceptions=True
+    )
+    # The first try goes alone; the five queued behind it share one statement, in which
+    # three get the slots left and two find none (and wait, here until the timeout).
+    assert sent[:2] == [sent[0]] * 2 and "acquire" in sent[0]
+    assert sum(e is True for e in entered) == 4
+    assert sum(isinstance(e, TimeoutError) for e in entered) == 2
+    assert await _advisory_locks(dbs[1], slots.slot_class) == 4
+    assert await _advisory_locks(dbs[1], slots.image_class) == 4
+    for hold, result in zip(holds, entered, strict=True):
+        if result is True:
+            await hold.__aexit__(None, None, None)
+    assert await _advisory_locks(dbs[1], slots.image_class) == 0
+    await slots.close()
+
+
+async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
+    dbs: list[Database],
+) -> None:
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    await slots.connect()
+    holds = [slots.hold(400 + i) for i in range(3)]
+    tasks = [asyncio.create_task(hold.__aenter__()) for hold in holds]
+    await asyncio.sleep(0)  # the first try is on the wire; the other two queue behind it
+    assert set(slots._wanted) == {401, 402}
+    for _ in range(1000):  # until the second takes both queued tries on the wire
+        if not slots._wanted:
+            break
+        await asyncio.sleep(0)
+    assert not slots._wanted
+    tasks[2].cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[2]
+    assert await asyncio.gather(tasks[0], tasks[1]) == [True, True]
+    for _ in range(100):
+        if await _advisory_locks(dbs[1], slots.image_class) == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert await _advisory_locks(dbs[1], slots.image_class) == 2, "image 402 was given back"
+    assert await _advisory_locks(dbs[1], slots.slot_class) == 2
+    for hold in holds[:2]:
+        await hold.__aexit__(None, None, None)
+    await slots.close()
