@@ -97,10 +97,11 @@ class ProviderSlots:
 
     async def connect(self) -> None:
         """Open the keeper session now rather than on the first message, and call the
-        acquire function once with no slot to take: its first call in a session compiles
-        it and prepares the statement (about 10-20 ms, paid by the first image otherwise)."""
+        acquire functions once for one image with no slot to take: the first call in a
+        session compiles both and prepares the statement (about 10-20 ms, paid by the first
+        image otherwise)."""
         async with self._session() as keeper:
-            await keeper.fetchval(_ACQUIRE, self.slot_class, 0, 0, [], self.image_class, [])
+            await keeper.fetchval(_ACQUIRE, self.slot_class, 0, 0, [], self.image_class, [0])
 
     @asynccontextmanager
     async def hold(self, image_id: int) -> AsyncIterator[bool]:
