@@ -60,9 +60,11 @@ class ProviderSlots:
         self._io = asyncio.Lock()
         self._slots: set[int] = set()
         self._images: set[int] = set()
+        self._holding: dict[int, tuple[int, int]] = {}
+        """The slot each held image took, and the keeper generation that holds it."""
         self._wanted: dict[int, asyncio.Future[tuple[int | None, int]]] = {}
         """Images waiting for a try at a slot, and where each try's answer goes."""
-        self._unlocks: list[tuple[int, int, int]] = []
+        self._unlocks: list[tuple[int | None, int | None, int]] = []
         """Slots and images to give back, with the keeper generation that holds them."""
         self._released = asyncio.Event()
         self._counted: tuple[float, int] | None = None
@@ -118,15 +120,32 @@ class ProviderSlots:
             if acquired is None:
                 yield False
                 return
-            slot, generation = acquired
+            self._holding[image_id] = acquired
             metrics.SLOTS_IN_USE.inc()
             try:
                 yield True
             finally:
-                metrics.SLOTS_IN_USE.dec()
-                await self._release(slot, image_id, generation)
+                slot = self._take_slot(image_id)
+                await self._release(slot[0] if slot else None, image_id, acquired[1])
         finally:
             self._images.discard(image_id)
+
+    def free_slot(self, image_id: int) -> None:
+        """Give back the slot of an image held in ``hold`` before the block ends, keeping
+        the image: once the provider has answered for good, storing the result needs no
+        slot, and a slot kept through the store idles a paid-for concurrency place. The
+        release goes out in the background, beside the store."""
+        slot = self._take_slot(image_id)
+        if slot is not None:
+            self._give_back(slot[0], None, slot[1])
+
+    def _take_slot(self, image_id: int) -> tuple[int, int] | None:
+        """Forget the slot that ``image_id`` holds: the slot and its keeper generation, or
+        None when it was given back already."""
+        slot = self._holding.pop(image_id, None)
+        if slot is not None:
+            metrics.SLOTS_IN_USE.dec()
+        return slot
 
     async def _acquire(self, image_id: int) -> tuple[int, int] | None:
         started = time.monotonic()
@@ -188,12 +207,12 @@ class ProviderSlots:
             elif granted:  # its holder gave up while this call was on the wire
                 self._give_back(slot, image_id, self._generation)
 
-    def _give_back(self, slot: int, image_id: int, generation: int) -> None:
+    def _give_back(self, slot: int, image_id: int | None, generation: int) -> None:
         task = asyncio.get_running_loop().create_task(self._release(slot, image_id, generation))
         self._giving_back.add(task)
         task.add_done_callback(self._giving_back.discard)
 
-    async def _release(self, slot: int, image_id: int, generation: int) -> None:
+    async def _release(self, slot: int | None, image_id: int | None, generation: int) -> None:
         self._unlocks.append((slot, image_id, generation))
         try:
             async with self._session(generation) as keeper:
@@ -204,15 +223,11 @@ class ProviderSlots:
                     return
                 live = [u for u in self._unlocks if u[2] == generation]
                 self._unlocks.clear()
+                slots = [s for s, _, _ in live if s is not None]
+                images = [i for _, i, _ in live if i is not None]
                 if live:
-                    self._slots.difference_update(s for s, _, _ in live)
-                    await keeper.fetch(
-                        _RELEASE,
-                        self.slot_class,
-                        [s for s, _, _ in live],
-                        self.image_class,
-                        [i for _, i, _ in live],
-                    )
+                    self._slots.difference_update(slots)
+                    await keeper.fetch(_RELEASE, self.slot_class, slots, self.image_class, images)
         except DatabaseUnavailable:
             pass  # the keeper died, and the locks with it
         finally:

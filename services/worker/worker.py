@@ -111,8 +111,12 @@ class ImageWorker:
                     try:
                         url = await self._generate(task, image)
                     except ProviderError as exc:
+                        self.slots.free_slot(msg.image_id)
                         await self._failed(msg, image, exc)
                         return
+                    # The provider is done with the image: its slot can serve the next
+                    # while this one is stored, under the image lock alone.
+                    self.slots.free_slot(msg.image_id)
                     await self._store(msg, url, task, image, images, view)
             finally:
                 log.info("slot freed", action="slot_freed", **fields)

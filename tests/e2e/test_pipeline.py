@@ -10,6 +10,8 @@ import uuid
 import pytest
 from prometheus_client import REGISTRY
 
+from services.db.engine import Database
+from services.db.locks import lock_classes
 from services.db.repository import Repository
 from services.provider.simulator import RunningSimulator
 from services.runtime import Wiring
@@ -286,3 +288,29 @@ async def test_a_cancel_also_cancels_provider_tasks_still_pending_at_dashscope(
     assert sim.sim.stats.cancels == 2, "both waiting provider tasks were cancelled there"
     sim.sim.advance()
     assert sim.sim.stats.billed_images <= 1
+
+
+async def test_a_provider_slot_goes_back_once_the_image_is_generated_before_it_is_stored(
+    bus: Bus, service: Wiring, sim: RunningSimulator, db: Database
+) -> None:
+    sim.sim.configure({"latency_s": 1.0})
+    slot_class, image_class = lock_classes(service.settings.namespace)
+    task_id = await bus.create(_prompt("slot back before the store"), image_count=1)
+    await bus.wait_for(task_id, "task.status.generating_images")
+    async with db.checkout() as conn, conn.transaction():
+        # The store must write the task row: locking it holds the store back.
+        await conn.execute("SELECT FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        image_id = await conn.fetchval("SELECT id FROM task_images WHERE task_id = $1", task_id)
+        locks = (
+            "SELECT count(*) FILTER (WHERE classid::bigint = $1),"
+            " count(*) FILTER (WHERE classid::bigint = $2 AND objid::bigint = $3)"
+            " FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        )
+        for _ in range(250):  # the provider takes 1 s; the release follows it
+            slots, image = await conn.fetchrow(locks, slot_class, image_class, image_id)
+            if (slots, image) == (0, 1):
+                break
+            await asyncio.sleep(0.02)
+        assert (slots, image) == (0, 1), "the slot is free while the image, still held, waits"
+        assert bus.types(task_id)[-1] == "task.status.generating_images", "not stored yet"
+    assert (await bus.final(task_id))["event_type"] == "task.status.images_ready"

@@ -66,6 +66,26 @@ async def test_an_image_has_one_holder_in_a_process_and_across_processes(
     await other.close()
 
 
+async def test_a_slot_freed_early_serves_another_image_while_the_first_stays_held(
+    dbs: list[Database],
+) -> None:
+    namespace = f"slots-{uuid.uuid4().hex[:8]}"
+    first, other = (ProviderSlots(db, namespace, size=1) for db in dbs)
+    async with first.hold(7) as held:
+        assert held
+        first.free_slot(7)
+        first.free_slot(7)  # twice is harmless: the slot went back once
+        async with other.hold(8) as next_image:
+            assert next_image, "the only slot was free again"
+            assert await _advisory_locks(dbs[1], first.slot_class) == 1
+        async with other.hold(7) as same_image:
+            assert not same_image, "the image itself is still held"
+    assert await _advisory_locks(dbs[1], first.slot_class) == 0
+    assert await _advisory_locks(dbs[1], first.image_class) == 0
+    await first.close()
+    await other.close()
+
+
 async def test_a_closed_keeper_gives_its_slots_back(dbs: list[Database]) -> None:
     namespace = f"slots-{uuid.uuid4().hex[:8]}"
     crashed, survivor = (ProviderSlots(db, namespace, size=1) for db in dbs)
