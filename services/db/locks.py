@@ -107,7 +107,8 @@ class ProviderSlots:
 
     @asynccontextmanager
     async def hold(self, image_id: int) -> AsyncIterator[bool]:
-        """Hold a global slot and image ``image_id`` for the length of the block.
+        """Hold a global slot and image ``image_id`` for the length of the block (the slot
+        may go back earlier, with ``free_slot``).
 
         Yields False (holding nothing) when another worker already holds the image.
         """
