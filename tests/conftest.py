@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 from sqlalchemy.engine import make_url
 
 from services.config import Settings, load_settings
@@ -17,6 +18,12 @@ from services.db.repository import Repository
 from tests.services import ServiceUrls, service_urls
 
 TIERS = ("unit", "integration", "e2e")
+
+# Property tests check what a function returns, not how fast: on two cores shared with the
+# session's services and servers, one example slowed past hypothesis's 200 ms deadline
+# failed a pure function's test.
+hypothesis_settings.register_profile("suite", deadline=None)
+hypothesis_settings.load_profile("suite")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
