@@ -80,8 +80,7 @@ async def test_a_slot_freed_early_serves_another_image_while_the_first_stays_hel
             assert await _advisory_locks(dbs[1], first.slot_class) == 1
         async with other.hold(7) as same_image:
             assert not same_image, "the image itself is still held"
-    assert await _advisory_locks(dbs[1], first.slot_class) == 0
-    assert await _advisory_locks(dbs[1], first.image_class) == 0
+    assert await _locks_held(dbs[1], first) == (0, 0)
     await first.close()
     await other.close()
 
@@ -114,6 +113,14 @@ async def _advisory_locks(db: Database, lock_class: int) -> int:
             lock_class,
         )
     return int(count or 0)
+
+
+async def _locks_held(db: Database, slots: ProviderSlots) -> tuple[int, int]:
+    """Slot and image locks of ``slots``' namespace on the server, across processes."""
+    return (
+        await _advisory_locks(db, slots.slot_class),
+        await _advisory_locks(db, slots.image_class),
+    )
 
 
 async def test_each_acquire_takes_exactly_one_slot_lock(dbs: list[Database]) -> None:
@@ -206,8 +213,7 @@ async def test_releases_queued_behind_another_go_out_together_and_free_every_loc
     await asyncio.gather(*(hold.__aexit__(None, None, None) for hold in holds))
     # The first release goes alone; the five that queued behind it share one statement.
     assert len(sent) == 2, sent
-    assert await _advisory_locks(dbs[1], slots.slot_class) == 0
-    assert await _advisory_locks(dbs[1], slots.image_class) == 0
+    assert await _locks_held(dbs[1], slots) == (0, 0)
     await slots.close()
 
 
@@ -228,8 +234,7 @@ async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_eac
     assert sent[:2] == [sent[0]] * 2 and "acquire" in sent[0]
     assert sum(e is True for e in entered) == 4
     assert sum(isinstance(e, TimeoutError) for e in entered) == 2
-    assert await _advisory_locks(dbs[1], slots.slot_class) == 4
-    assert await _advisory_locks(dbs[1], slots.image_class) == 4
+    assert await _locks_held(dbs[1], slots) == (4, 4)
     for hold, result in zip(holds, entered, strict=True):
         if result is True:
             await hold.__aexit__(None, None, None)
@@ -259,8 +264,7 @@ async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
         if await _advisory_locks(dbs[1], slots.image_class) == 2:
             break
         await asyncio.sleep(0.01)
-    assert await _advisory_locks(dbs[1], slots.image_class) == 2, "image 402 was given back"
-    assert await _advisory_locks(dbs[1], slots.slot_class) == 2
+    assert await _locks_held(dbs[1], slots) == (2, 2), "image 402 was given back"
     for hold in holds[:2]:
         await hold.__aexit__(None, None, None)
     await slots.close()
