@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from aio_pika.abc import AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import AbstractQueue, AbstractRobustConnection, DeliveryMode
 from sqlalchemy.engine import make_url
 
 from services.aio import wait_any
@@ -168,3 +168,43 @@ async def test_two_relays_share_the_table_without_publishing_a_row_twice(
     got = await _received(target, 1000)
     assert len(got) == 1000 and set(got) == ids, "each row exactly once"
     assert await _outbox_rows(repo, target.name) == 0
+
+
+async def test_concurrent_publishes_arrive_persistent_with_every_property(
+    connection: AbstractRobustConnection, target: AbstractQueue
+) -> None:
+    publisher = await _publisher(connection)
+    await asyncio.gather(
+        *(
+            publisher.publish_raw(
+                "",
+                target.name,
+                json.dumps({"n": str(i)}).encode(),
+                message_id=str(i),
+                headers={"x-imagegen-attempt": i},
+                correlation_id=f"c{i}",
+            )
+            for i in range(20)
+        )
+    )
+    seen = {}
+    for _ in range(20):
+        message = await target.get(timeout=5)
+        await message.ack()
+        seen[message.message_id] = message
+    assert sorted(seen, key=int) == [str(i) for i in range(20)]
+    for i, message in ((int(k), m) for k, m in seen.items()):
+        assert message.delivery_mode == DeliveryMode.PERSISTENT
+        assert message.content_type == "application/json"
+        assert message.headers == {"x-imagegen-attempt": i}
+        assert message.correlation_id == f"c{i}"
+
+
+async def test_a_publish_on_a_channel_without_confirms_is_refused(
+    connection: AbstractRobustConnection, target: AbstractQueue
+) -> None:
+    from services.broker.errors import PublishReturned
+
+    unconfirmed = Publisher(await connection.channel(publisher_confirms=False))
+    with pytest.raises(PublishReturned, match="not confirmed"):
+        await unconfirmed.publish_raw("", target.name, b"{}")
