@@ -108,15 +108,17 @@ class ImageWorker:
                 with self.views.of(msg.task_id) as view:
                     task, image, images = await self._begin(msg, view)
                     log.info("image started", action="image_started", **fields)
+                    failure: ProviderError | None = None
                     try:
                         url = await self._generate(task, image)
                     except ProviderError as exc:
-                        self.slots.free_slot(msg.image_id)
-                        await self._failed(msg, image, exc)
-                        return
+                        failure = exc
                     # The provider is done with the image: its slot can serve the next
-                    # while this one is stored, under the image lock alone.
+                    # while this one is recorded, under the image lock alone.
                     self.slots.free_slot(msg.image_id)
+                    if failure is not None:
+                        await self._failed(msg, image, failure)
+                        return
                     await self._store(msg, url, task, image, images, view)
             finally:
                 log.info("slot freed", action="slot_freed", **fields)
