@@ -11,6 +11,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Identity,
+    Index,
     Integer,
     MetaData,
     SmallInteger,
@@ -45,12 +46,16 @@ class Task(Base):
     __table_args__ = (
         CheckConstraint(f"status IN ({_STATUSES})", name="status"),
         CheckConstraint("image_count BETWEEN 1 AND 4", name="image_count"),
+        # Status first, for the reconciler's scan of active tasks; the id with it, so that
+        # a compare-and-set (id and status) finds its row through this index as exactly as
+        # through the primary key, whichever of the two the planner picks (migration 0006).
+        Index("ix_tasks_status_id", "status", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     user_id: Mapped[str] = mapped_column(String(128))
     prompt: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(32))
     version: Mapped[int] = mapped_column(Integer)
     """Rises by one with every change a subscriber hears about."""
     image_count: Mapped[int] = mapped_column(SmallInteger)

@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from services.config import Settings
-from services.db.engine import drop_database, ensure_database
+from services.db.engine import Database, drop_database, ensure_database
 from services.db.migrate import downgrade, upgrade
 from services.db.models import Base
 
@@ -38,9 +38,17 @@ async def _tables(url: str) -> set[str]:
         await engine.dispose()
 
 
-async def test_upgrade_matches_models_then_downgrade_and_upgrade_again(settings: Settings) -> None:
+def _fresh(settings: Settings, suffix: str) -> str:
     url = make_url(settings.database_url)
-    url = url.set(database=f"{url.database}_mig").render_as_string(hide_password=False)
+    return url.set(database=f"{url.database}_{suffix}").render_as_string(hide_password=False)
+
+
+def _scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(scan for child in plan.get("Plans", []) for scan in _scans(child))]
+
+
+async def test_upgrade_matches_models_then_downgrade_and_upgrade_again(settings: Settings) -> None:
+    url = _fresh(settings, "mig")
     await ensure_database(url)
     try:
         await upgrade(url)
@@ -60,4 +68,31 @@ async def test_upgrade_matches_models_then_downgrade_and_upgrade_again(settings:
         await engine.dispose()
         assert trigger == 1
     finally:
+        await drop_database(url)
+
+
+async def test_a_compare_and_set_finds_its_task_by_id_on_a_table_never_analyzed(
+    settings: Settings,
+) -> None:
+    # A new deployment's planner rated an index on status alone as good as the primary
+    # key, and a prepared statement kept the plan: every write walked all tasks of a status.
+    url = _fresh(settings, "plan")
+    await ensure_database(url)
+    db = Database(url)
+    try:
+        await upgrade(url)
+        conn = await db.connect()
+        try:
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            await conn.execute(
+                "PREPARE cas(text, text, int) AS UPDATE tasks SET version = version + 1"
+                " WHERE id = $1 AND status = $2 AND version = $3"
+            )
+            plan = await conn.fetchval("EXPLAIN (FORMAT JSON) EXECUTE cas('t-1', 'PENDING', 1)")
+        finally:
+            await conn.close()
+        conditions = [scan.get("Index Cond", "") for scan in _scans(plan[0]["Plan"])]
+        assert any("(id)::text = $1" in c for c in conditions), conditions
+    finally:
+        await db.close()
         await drop_database(url)
