@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractQueue, AbstractRobustConnection, DeliveryMode
 from sqlalchemy.engine import make_url
 
 from services.aio import wait_any
+from services.broker.errors import PublishReturned
 from services.broker.publisher import Publisher
 from services.config import Settings
 from services.db.engine import Database, drop_database, ensure_database
@@ -99,7 +100,6 @@ async def test_an_unroutable_row_stays_in_the_outbox_and_raises(
     missing = f"no-such-queue-{uuid.uuid4().hex[:8]}"
     await _add(repo, missing, 1)
     relay = Relay(repo, await _publisher(connection), database)
-    from services.broker.errors import PublishReturned
 
     with pytest.raises(PublishReturned):
         await relay.drain_once()
@@ -119,7 +119,6 @@ async def test_rows_sent_beside_an_unroutable_one_are_removed_and_never_sent_aga
     await _add(repo, missing, 1)
     after = await _add(repo, target.name, 2)
     relay = Relay(repo, await _publisher(connection), database)
-    from services.broker.errors import PublishReturned
 
     for _ in range(2):
         with pytest.raises(PublishReturned):
@@ -203,7 +202,6 @@ async def test_concurrent_publishes_arrive_persistent_with_every_property(
 async def test_a_publish_on_a_channel_without_confirms_is_refused(
     connection: AbstractRobustConnection, target: AbstractQueue
 ) -> None:
-    from services.broker.errors import PublishReturned
 
     unconfirmed = Publisher(await connection.channel(publisher_confirms=False))
     with pytest.raises(PublishReturned, match="not confirmed"):
