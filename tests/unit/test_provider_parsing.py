@@ -113,3 +113,21 @@ def test_the_provider_run_time_comes_from_its_own_timestamps() -> None:
     )
     assert result.run_s == 5.5
     assert parse_task({"output": {"task_id": "t", "task_status": "SUCCEEDED"}}).run_s is None
+
+
+@pytest.mark.parametrize(
+    ("submit_time", "end_time"),
+    [
+        ("yesterday", "2025-01-08 16:04:05.340"),
+        ("2025-01-08 16:03:59.840+08:00", "2025-01-08 16:04:05.340"),
+        (None, "2025-01-08 16:04:05.340"),
+        ("2025-01-08 16:04:05.340", "2025-01-08 16:03:59.840"),
+    ],
+)
+def test_timestamps_that_make_no_duration_give_no_run_time_rather_than_an_error(
+    submit_time: object, end_time: object
+) -> None:
+    output = {"task_id": "t", "task_status": "SUCCEEDED"}
+    result = parse_task({"output": output | {"submit_time": submit_time, "end_time": end_time}})
+    assert result.status.value == "SUCCEEDED"
+    assert result.run_s is None
