@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any, TypeVar
 
 from services.db.engine import Database, Driver
@@ -21,6 +22,7 @@ from services.db.rows import ImageRow, NewTask, OutboxRow, Outgoing, TaskRow
 from statemachine import ACTIVE_STATUSES, TaskModel, TaskStatus, Trigger, apply_trigger
 
 T = TypeVar("T")
+_Columns = tuple[tuple[int, str], ...]
 
 
 # The timestamp column each status sets when a task enters it.
@@ -172,17 +174,29 @@ def new_rows(new: NewTask, image_ids: Sequence[int]) -> tuple[TaskRow, list[Imag
     return task, images
 
 
+@cache
+def _joined_columns(keys: tuple[str, ...]) -> tuple[_Columns, _Columns, int]:
+    """Where a task joined with its images keeps each row's columns: (position, name) of
+    the task's, of the image's (unprefixed), and the position of the image's id. Worked
+    out once per statement rather than per row: the prefix tests were most of a read."""
+    task = tuple((i, k) for i, k in enumerate(keys) if not k.startswith(_IMAGE_PREFIX))
+    image = tuple(
+        (i, k[len(_IMAGE_PREFIX) :]) for i, k in enumerate(keys) if k.startswith(_IMAGE_PREFIX)
+    )
+    return task, image, keys.index(f"{_IMAGE_PREFIX}id")
+
+
 def _split(rows: Sequence[Any]) -> tuple[TaskRow | None, list[ImageRow]]:
     """A task joined with its images (columns prefixed) back into rows."""
     if not rows:
         return None, []
-    task = {k: v for k, v in rows[0].items() if not k.startswith(_IMAGE_PREFIX)}
-    images: list[ImageRow] = []
-    for row in rows:
-        image = {k[len(_IMAGE_PREFIX) :]: v for k, v in row.items() if k.startswith(_IMAGE_PREFIX)}
-        if image["id"] is not None:
-            images.append(ImageRow.of(image))
-    return TaskRow.of(task), images
+    task_columns, image_columns, image_id = _joined_columns(tuple(rows[0].keys()))
+    images = [
+        ImageRow.of({k: row[i] for i, k in image_columns})
+        for row in rows
+        if row[image_id] is not None
+    ]
+    return TaskRow.of({k: rows[0][i] for i, k in task_columns}), images
 
 
 def planned(task: TaskRow, trigger: Trigger, *, stored_now: int = 0, **values: Any) -> TaskRow:

@@ -11,9 +11,13 @@ from sqlalchemy import RowMapping
 
 from statemachine import ACTIVE_STATUSES, TaskStatus
 
+_FIELDS: dict[type[Any], frozenset[str]] = {}
+
 
 def _row(cls: type[Any], mapping: Mapping[str, Any] | RowMapping) -> Any:
-    names = {f.name for f in fields(cls)}
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
     return cls(**{k: v for k, v in mapping.items() if k in names})
 
 
