@@ -31,7 +31,7 @@ from services.db.repository import Repository
 from services.events import Events
 from services.intake.consumer import IntakeHandler
 from services.logs import get_logger
-from services.outbox.relay import Relay
+from services.outbox.relay import Relay, outbox_database
 from services.provider.dashscope import DashScopeClient
 from services.provider.simulator import SimConfig, running_simulator
 from services.worker.reconciler import Reconciler
@@ -174,8 +174,10 @@ async def run(
             consumers.append(consumer)
 
         if Role.RELAY in roles:
+            outbox = outbox_database(settings.database_url)
+            stack.push_async_callback(outbox.close)
             relay = Relay(
-                wired.repo,
+                Repository(outbox),
                 wired.publisher,
                 settings.database_url,
                 poll_interval_s=settings.outbox_poll_interval_s,

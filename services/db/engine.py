@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
@@ -47,10 +47,19 @@ class Database:
     IDLE_S = 300.0
     ACQUIRE_TIMEOUT_S = 30.0
 
-    def __init__(self, url: str, *, size: int = 10, overflow: int = 20) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        size: int = 10,
+        overflow: int = 20,
+        session: Mapping[str, str] | None = None,
+    ) -> None:
+        """``session``: server settings for every connection it opens."""
         self.dsn = _plain_dsn(url, make_url(url).database or "postgres")
         self.size = size
         self.overflow = overflow
+        self.session = dict(session or {})
         self._pool: asyncpg.Pool | None = None
         self._opening = asyncio.Lock()
 
@@ -65,6 +74,7 @@ class Database:
                         max_inactive_connection_lifetime=self.IDLE_S,
                         init=_setup,
                         reset=_keep,
+                        server_settings=self.session,
                     )
         return self._pool
 
@@ -90,7 +100,7 @@ class Database:
     async def connect(self) -> Driver:
         """A session of its own, outside the pool; the caller closes it."""
         async with translated():
-            conn = await asyncpg.connect(self.dsn)
+            conn = await asyncpg.connect(self.dsn, server_settings=self.session)
             try:
                 await _setup(conn)
             except BaseException:
