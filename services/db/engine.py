@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from typing import Any
 
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from services.db.errors import is_unavailable, translated
+from services.db.errors import is_unavailable, translated, translation
 
 Driver = Any
 """An ``asyncpg.Connection`` (asyncpg ships no type hints)."""
@@ -78,24 +78,9 @@ class Database:
                     )
         return self._pool
 
-    @asynccontextmanager
-    async def checkout(self) -> AsyncIterator[Driver]:
-        """A pooled connection. One that failed or was interrupted mid-statement is
-        closed rather than handed out again."""
-        pool = await self._opened()
-        async with translated():
-            conn = await pool.acquire(timeout=self.ACQUIRE_TIMEOUT_S)
-            try:
-                yield conn
-            except BaseException as exc:
-                if isinstance(exc, asyncio.CancelledError) or is_unavailable(exc):
-                    conn.terminate()
-                raise
-            finally:
-                # A connection that fails its release is closed by the pool; what the
-                # block did is decided already.
-                with contextlib.suppress(Exception):
-                    await pool.release(conn)
+    def checkout(self) -> Checkout:
+        """A pooled connection, for an ``async with`` block."""
+        return Checkout(self)
 
     async def connect(self) -> Driver:
         """A session of its own, outside the pool; the caller closes it."""
@@ -128,6 +113,44 @@ class Database:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(pool.close(), 10)
             pool.terminate()
+
+
+class Checkout:
+    """A pooled connection for the length of a block. One that failed or was interrupted
+    mid-statement is closed rather than handed out again; driver errors leave the block
+    translated. A class rather than a generator: it runs several times per image, and a
+    generator-based context manager costs a generator, its registration with the event
+    loop and contextlib's wrapping each time."""
+
+    __slots__ = ("_conn", "_db", "_pool")
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> Driver:
+        try:
+            self._pool = await self._db._opened()
+            self._conn = await self._pool.acquire(timeout=Database.ACQUIRE_TIMEOUT_S)
+        except Exception as exc:
+            error = translation(exc)
+            if error is None:
+                raise
+            raise error from exc
+        return self._conn
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if exc is not None and (isinstance(exc, asyncio.CancelledError) or is_unavailable(exc)):
+            self._conn.terminate()
+        # A connection that fails its release is closed by the pool; what the block did
+        # is decided already.
+        with contextlib.suppress(Exception):
+            await self._pool.release(self._conn)
+        if isinstance(exc, Exception):
+            error = translation(exc)
+            if error is not None:
+                raise error from exc
 
 
 def _plain_dsn(url: str, database: str) -> str:

@@ -55,21 +55,32 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def translation(exc: BaseException) -> RepositoryError | None:
+    """This package's error for a driver's, or None for an error that is not one."""
+    if isinstance(exc, RepositoryError):
+        return None
+    if isinstance(
+        exc,
+        sa_exc.SQLAlchemyError
+        | asyncpg.PostgresError
+        | asyncpg.exceptions.InterfaceError
+        | asyncpg.exceptions.InternalClientError
+        | OSError
+        | TimeoutError,
+    ):
+        if is_unavailable(exc):
+            return DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}")
+        return RepositoryError(f"database error: {exc}")
+    return None
+
+
 @asynccontextmanager
 async def translated() -> AsyncIterator[None]:
     """Turn SQLAlchemy and asyncpg errors into this package's errors."""
     try:
         yield
-    except RepositoryError:
-        raise
-    except (
-        sa_exc.SQLAlchemyError,
-        asyncpg.PostgresError,
-        asyncpg.exceptions.InterfaceError,
-        asyncpg.exceptions.InternalClientError,
-        OSError,
-        TimeoutError,
-    ) as exc:
-        if is_unavailable(exc):
-            raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
-        raise RepositoryError(f"database error: {exc}") from exc
+    except Exception as exc:
+        error = translation(exc)
+        if error is None:
+            raise
+        raise error from exc

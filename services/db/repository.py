@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any, TypeVar
 
-from services.db.engine import Database, Driver
+from services.db.engine import Checkout, Database, Driver
 from services.db.errors import LostRace
 from services.db.models import task_images
 from services.db.rows import ImageRow, NewTask, OutboxRow, Outgoing, TaskRow
@@ -417,6 +417,23 @@ class TaskCounts:
     outbox_oldest_s: float
 
 
+class _Autocommit:
+    """``Repository.autocommit()``: a class for the reason ``Checkout`` is one."""
+
+    __slots__ = ("_checkout",)
+
+    def __init__(self, checkout: Checkout) -> None:
+        self._checkout = checkout
+
+    async def __aenter__(self) -> Tx:
+        return Tx(await self._checkout.__aenter__())
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        await self._checkout.__aexit__(kind, exc, tb)
+
+
 class Repository:
     """The database, as the rest of the service sees it."""
 
@@ -428,11 +445,9 @@ class Repository:
         async with self.db.checkout() as conn, conn.transaction():
             yield Tx(conn)
 
-    @asynccontextmanager
-    async def autocommit(self) -> AsyncIterator[Tx]:
+    def autocommit(self) -> _Autocommit:
         """For statements each atomic by itself: no BEGIN/COMMIT round trips."""
-        async with self.db.checkout() as conn:
-            yield Tx(conn)
+        return _Autocommit(self.db.checkout())
 
     async def atomic(self, work: Callable[[Tx], Awaitable[T]], tries: int = 50) -> T:
         """Run ``work`` in a transaction, again in a fresh one each time it raises

@@ -1,0 +1,63 @@
+"""A pooled connection for a block: driver errors leave it translated, and a connection
+left mid-statement is closed rather than handed out again."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from services.db.engine import Database
+from services.db.errors import DatabaseUnavailable, RepositoryError
+
+
+async def test_a_database_nobody_listens_for_is_unavailable_at_checkout() -> None:
+    db = Database("postgresql+asyncpg://postgres@127.0.0.1:1/imagegen")
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            async with db.checkout():
+                pass
+    finally:
+        await db.close()
+
+
+async def test_a_failed_statement_is_a_repository_error_and_its_connection_serves_again(
+    database: str,
+) -> None:
+    db = Database(database, size=1, overflow=0)
+    try:
+        with pytest.raises(RepositoryError) as raised:
+            async with db.checkout() as conn:
+                first = await conn.fetchval("SELECT pg_backend_pid()")
+                await conn.execute("SELECT no_such_column FROM tasks")
+        assert not isinstance(raised.value, DatabaseUnavailable)
+        async with db.checkout() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") == first, "the same session"
+    finally:
+        await db.close()
+
+
+async def test_a_connection_cancelled_mid_statement_is_closed_not_handed_out_again(
+    database: str,
+) -> None:
+    db = Database(database, size=1, overflow=0)
+    try:
+        checked_out: list[int] = []
+        in_statement = asyncio.Event()
+
+        async def sleep() -> None:
+            async with db.checkout() as conn:
+                checked_out.append(await conn.fetchval("SELECT pg_backend_pid()"))
+                in_statement.set()
+                await conn.execute("SELECT pg_sleep(10)")
+
+        sleeping = asyncio.create_task(sleep())
+        await in_statement.wait()
+        await asyncio.sleep(0.05)  # the sleep is on the wire
+        sleeping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await sleeping
+        async with db.checkout() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != checked_out[0]
+    finally:
+        await db.close()
