@@ -31,7 +31,10 @@ def setup_logging(level: str = "INFO", fmt: str = "console") -> None:
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
+        # An uncached logger builds a bound logger and an output logger on every call,
+        # even for a level filtered out: a few times per image. A process configures its
+        # logs once, before its first line.
+        cache_logger_on_first_use=True,
     )
 
 
