@@ -4,11 +4,19 @@ left mid-statement is closed rather than handed out again."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import pytest
 
 from services.db.engine import Database
 from services.db.errors import DatabaseUnavailable, RepositoryError
+
+
+@pytest.fixture
+async def pool_of_one(database: str) -> AsyncIterator[Database]:
+    db = Database(database, size=1, overflow=0)
+    yield db
+    await db.close()
 
 
 async def test_a_database_nobody_listens_for_is_unavailable_at_checkout() -> None:
@@ -22,42 +30,34 @@ async def test_a_database_nobody_listens_for_is_unavailable_at_checkout() -> Non
 
 
 async def test_a_failed_statement_is_a_repository_error_and_its_connection_serves_again(
-    database: str,
+    pool_of_one: Database,
 ) -> None:
-    db = Database(database, size=1, overflow=0)
-    try:
-        with pytest.raises(RepositoryError) as raised:
-            async with db.checkout() as conn:
-                first = await conn.fetchval("SELECT pg_backend_pid()")
-                await conn.execute("SELECT no_such_column FROM tasks")
-        assert not isinstance(raised.value, DatabaseUnavailable)
-        async with db.checkout() as conn:
-            assert await conn.fetchval("SELECT pg_backend_pid()") == first, "the same session"
-    finally:
-        await db.close()
+    with pytest.raises(RepositoryError) as raised:
+        async with pool_of_one.checkout() as conn:
+            first = await conn.fetchval("SELECT pg_backend_pid()")
+            await conn.execute("SELECT no_such_column FROM tasks")
+    assert not isinstance(raised.value, DatabaseUnavailable)
+    async with pool_of_one.checkout() as conn:
+        assert await conn.fetchval("SELECT pg_backend_pid()") == first, "the same session"
 
 
 async def test_a_connection_cancelled_mid_statement_is_closed_not_handed_out_again(
-    database: str,
+    pool_of_one: Database,
 ) -> None:
-    db = Database(database, size=1, overflow=0)
-    try:
-        checked_out: list[int] = []
-        in_statement = asyncio.Event()
+    checked_out: list[int] = []
+    in_statement = asyncio.Event()
 
-        async def sleep() -> None:
-            async with db.checkout() as conn:
-                checked_out.append(await conn.fetchval("SELECT pg_backend_pid()"))
-                in_statement.set()
-                await conn.execute("SELECT pg_sleep(10)")
+    async def sleep() -> None:
+        async with pool_of_one.checkout() as conn:
+            checked_out.append(await conn.fetchval("SELECT pg_backend_pid()"))
+            in_statement.set()
+            await conn.execute("SELECT pg_sleep(10)")
 
-        sleeping = asyncio.create_task(sleep())
-        await in_statement.wait()
-        await asyncio.sleep(0.05)  # the sleep is on the wire
-        sleeping.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await sleeping
-        async with db.checkout() as conn:
-            assert await conn.fetchval("SELECT pg_backend_pid()") != checked_out[0]
-    finally:
-        await db.close()
+    sleeping = asyncio.create_task(sleep())
+    await in_statement.wait()
+    await asyncio.sleep(0.05)  # the sleep is on the wire
+    sleeping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sleeping
+    async with pool_of_one.checkout() as conn:
+        assert await conn.fetchval("SELECT pg_backend_pid()") != checked_out[0]
