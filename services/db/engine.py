@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from services.db.errors import is_unavailable, translated, translation
+from services.db.errors import is_unavailable, raise_translated, translated
 
 Driver = Any
 """An ``asyncpg.Connection`` (asyncpg ships no type hints)."""
@@ -132,10 +132,7 @@ class Checkout:
             self._pool = await self._db._opened()
             self._conn = await self._pool.acquire(timeout=Database.ACQUIRE_TIMEOUT_S)
         except Exception as exc:
-            error = translation(exc)
-            if error is None:
-                raise
-            raise error from exc
+            raise_translated(exc)
         return self._conn
 
     async def __aexit__(
@@ -148,9 +145,7 @@ class Checkout:
         with contextlib.suppress(Exception):
             await self._pool.release(self._conn)
         if isinstance(exc, Exception):
-            error = translation(exc)
-            if error is not None:
-                raise error from exc
+            raise_translated(exc)
 
 
 def _plain_dsn(url: str, database: str) -> str:

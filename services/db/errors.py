@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -74,13 +75,18 @@ def translation(exc: BaseException) -> RepositoryError | None:
     return None
 
 
+def raise_translated(exc: Exception) -> NoReturn:
+    """Raise this package's error for ``exc``, or ``exc`` itself when it is not a driver's."""
+    error = translation(exc)
+    if error is None:
+        raise exc
+    raise error from exc
+
+
 @asynccontextmanager
 async def translated() -> AsyncIterator[None]:
     """Turn SQLAlchemy and asyncpg errors into this package's errors."""
     try:
         yield
     except Exception as exc:
-        error = translation(exc)
-        if error is None:
-            raise
-        raise error from exc
+        raise_translated(exc)

@@ -417,21 +417,13 @@ class TaskCounts:
     outbox_oldest_s: float
 
 
-class _Autocommit:
-    """``Repository.autocommit()``: a class for the reason ``Checkout`` is one."""
+class _Autocommit(Checkout):
+    """``Repository.autocommit()``: a checkout that hands out a ``Tx``."""
 
-    __slots__ = ("_checkout",)
-
-    def __init__(self, checkout: Checkout) -> None:
-        self._checkout = checkout
+    __slots__ = ()
 
     async def __aenter__(self) -> Tx:
-        return Tx(await self._checkout.__aenter__())
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
-    ) -> None:
-        await self._checkout.__aexit__(kind, exc, tb)
+        return Tx(await super().__aenter__())
 
 
 class Repository:
@@ -447,7 +439,7 @@ class Repository:
 
     def autocommit(self) -> _Autocommit:
         """For statements each atomic by itself: no BEGIN/COMMIT round trips."""
-        return _Autocommit(self.db.checkout())
+        return _Autocommit(self.db)
 
     async def atomic(self, work: Callable[[Tx], Awaitable[T]], tries: int = 50) -> T:
         """Run ``work`` in a transaction, again in a fresh one each time it raises
