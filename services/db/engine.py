@@ -138,11 +138,12 @@ class Checkout:
     async def __aexit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
     ) -> None:
-        if exc is not None and (isinstance(exc, asyncio.CancelledError) or is_unavailable(exc)):
-            self._conn.terminate()
-        # A connection that fails its release is closed by the pool; what the block did
-        # is decided already.
+        # Both best effort: a connection the server ended was handed back to the pool by the
+        # driver already, and one that fails its release is closed by the pool. What the
+        # block did is decided already.
         with contextlib.suppress(Exception):
+            if exc is not None and (isinstance(exc, asyncio.CancelledError) or is_unavailable(exc)):
+                self._conn.terminate()
             await self._pool.release(self._conn)
         if isinstance(exc, Exception):
             raise_translated(exc)

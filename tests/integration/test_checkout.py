@@ -61,3 +61,21 @@ async def test_a_connection_cancelled_mid_statement_is_closed_not_handed_out_aga
         await sleeping
     async with pool_of_one.checkout() as conn:
         assert await conn.fetchval("SELECT pg_backend_pid()") != checked_out[0]
+
+
+async def test_a_session_the_server_ends_mid_block_is_unavailable_not_an_internal_error(
+    pool_of_one: Database, database: str
+) -> None:
+    killer = Database(database, size=1, overflow=0)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            async with pool_of_one.checkout() as conn:
+                pid = await conn.fetchval("SELECT pg_backend_pid()")
+                async with killer.checkout() as other:
+                    await other.execute("SELECT pg_terminate_backend($1)", pid)
+                await asyncio.sleep(0.1)  # the driver hears the connection close
+                await conn.fetchval("SELECT 1")
+        async with pool_of_one.checkout() as conn:
+            assert await conn.fetchval("SELECT pg_backend_pid()") != pid
+    finally:
+        await killer.close()
