@@ -7,7 +7,6 @@ results.png to --out (default bench/results)."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 from bench.harness import ROOT, log
 from bench.scenarios import SCENARIOS, latency
+from services.aio import run
 
 
 async def _all(smoke: bool) -> dict[str, Any]:
@@ -41,9 +41,9 @@ def main() -> None:
     args = parser.parse_args()
     command = "python -m bench " + " ".join(sys.argv[1:])
     if args.scenario == "all":
-        results = asyncio.run(_all(args.smoke))
+        results = run(_all(args.smoke))
     else:
-        results = {args.scenario: asyncio.run(SCENARIOS[args.scenario](args.smoke))}
+        results = {args.scenario: run(SCENARIOS[args.scenario](args.smoke))}
     from bench.report import write
 
     write(results, args.out, command, args.smoke)

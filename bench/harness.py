@@ -177,7 +177,11 @@ class Stage:
 
 
 class Watcher:
-    """A subscriber of the status exchange that timestamps what it sees."""
+    """A subscriber of the status exchange that timestamps what it sees.
+
+    It binds only the events a run waits for: bound to every status event, it took about
+    three deliveries and acks per image from the machine under test, where the floor's
+    watcher takes one."""
 
     def __init__(self) -> None:
         self.published: dict[str, float] = {}
@@ -186,14 +190,17 @@ class Watcher:
         self.changed = asyncio.Event()
 
     @classmethod
-    async def attach(cls, channel: AbstractChannel, namespace: str) -> Watcher:
+    async def attach(
+        cls, channel: AbstractChannel, namespace: str, keys: Iterable[str] = FINAL_EVENTS
+    ) -> Watcher:
         watcher = cls()
         await channel.set_qos(prefetch_count=5000)
         status = await channel.declare_exchange(
             Topology(namespace).status_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(status, routing_key="#")
+        for key in keys:
+            await queue.bind(status, routing_key=key)
 
         async def seen(message: aio_pika.abc.AbstractIncomingMessage) -> None:
             now = time.monotonic()

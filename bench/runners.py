@@ -183,7 +183,9 @@ async def floor(
         await stage.wait_consumers(queue, consumers)
         assert stage.connection is not None
         channel = await stage.connection.channel(publisher_confirms=True)
-        watcher = await Watcher.attach(await stage.connection.channel(), stage.namespace)
+        watcher = await Watcher.attach(
+            await stage.connection.channel(), stage.namespace, keys=[floor_baseline.EVENT]
+        )
         messages = [
             {"task_id": t["task_id"], "index": i}
             for t in tasks(count, "floor", image_count)
@@ -194,7 +196,7 @@ async def floor(
         await publish(channel, "", queue, messages)
         expected = len(messages)
         run.finished = await watcher.until(
-            lambda: watcher.counts.get("floor.image.ready", 0) >= expected, seconds
+            lambda: watcher.counts.get(floor_baseline.EVENT, 0) >= expected, seconds
         )
         run.seconds = time.monotonic() - first
         run.measure_cpu(cpu_before, cpu_by_name(stage.processes), _names(stage, procs))

@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from services.aio import run
 
+EVENT = "floor.image.ready"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS floor_tasks (id text PRIMARY KEY, stored int NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS floor_images (
@@ -59,10 +60,10 @@ async def main() -> None:
                 "DO UPDATE SET stored = floor_tasks.stored + 1 RETURNING stored",
                 body["task_id"],
             )
-        event = {"event_type": "floor.image.ready", "task_id": body["task_id"], "stored": stored}
+        event = {"event_type": EVENT, "task_id": body["task_id"], "stored": stored}
         await status.publish(
             aio_pika.Message(json.dumps(event).encode(), delivery_mode=DeliveryMode.PERSISTENT),
-            routing_key="floor.image.ready",
+            routing_key=EVENT,
             mandatory=True,
         )
         await message.ack()
