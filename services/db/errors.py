@@ -56,11 +56,9 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
-def translation(exc: BaseException) -> RepositoryError | None:
-    """This package's error for a driver's, or None for an error that is not one."""
-    if isinstance(exc, RepositoryError):
-        return None
-    if isinstance(
+def raise_translated(exc: Exception) -> NoReturn:
+    """Raise this package's error for a driver's ``exc``, or ``exc`` itself otherwise."""
+    if isinstance(exc, RepositoryError) or not isinstance(
         exc,
         sa_exc.SQLAlchemyError
         | asyncpg.PostgresError
@@ -69,18 +67,10 @@ def translation(exc: BaseException) -> RepositoryError | None:
         | OSError
         | TimeoutError,
     ):
-        if is_unavailable(exc):
-            return DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}")
-        return RepositoryError(f"database error: {exc}")
-    return None
-
-
-def raise_translated(exc: Exception) -> NoReturn:
-    """Raise this package's error for ``exc``, or ``exc`` itself when it is not a driver's."""
-    error = translation(exc)
-    if error is None:
         raise exc
-    raise error from exc
+    if is_unavailable(exc):
+        raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+    raise RepositoryError(f"database error: {exc}") from exc
 
 
 @asynccontextmanager

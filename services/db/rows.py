@@ -5,19 +5,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import RowMapping
 
 from statemachine import ACTIVE_STATUSES, TaskStatus
 
-_FIELDS: dict[type[Any], frozenset[str]] = {}
+
+@cache
+def _field_names(cls: type) -> frozenset[str]:
+    return frozenset(f.name for f in fields(cls))
 
 
-def _row(cls: type[Any], mapping: Mapping[str, Any] | RowMapping) -> Any:
-    names = _FIELDS.get(cls)
-    if names is None:
-        names = _FIELDS[cls] = frozenset(f.name for f in fields(cls))
+def _row(cls: type, mapping: Mapping[str, Any] | RowMapping) -> Any:
+    names = _field_names(cls)
     return cls(**{k: v for k, v in mapping.items() if k in names})
 
 
