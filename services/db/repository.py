@@ -10,20 +10,26 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from functools import cache
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from services.db.engine import Checkout, Database, Driver
 from services.db.errors import LostRace
 from services.db.models import task_images
-from services.db.rows import ImageRow, NewTask, OutboxRow, Outgoing, TaskRow
-from statemachine import ACTIVE_STATUSES, TaskModel, TaskStatus, Trigger, apply_trigger
+from services.db.rows import (
+    IMAGE_PREFIX,
+    ImageRow,
+    NewTask,
+    OutboxRow,
+    Outgoing,
+    TaskRow,
+    new_rows,
+    planned,
+    split_joined,
+)
+from statemachine import ACTIVE_STATUSES, TaskStatus, Trigger
 
 T = TypeVar("T")
-_Columns = tuple[tuple[int, str], ...]
-
 
 # The timestamp column each status sets when a task enters it.
 _ENTERED_AT = {
@@ -32,8 +38,6 @@ _ENTERED_AT = {
     TaskStatus.FAILED: "failed_at",
     TaskStatus.CANCELLED: "cancelled_at",
 }
-# Columns a transition may also set from a value (never from outside input).
-_TRANSITION_VALUES = frozenset({"error_code", "error_message"})
 
 _NEXT_IMAGE_IDS = (
     "SELECT nextval(pg_get_serial_sequence('task_images', 'id')) FROM generate_series(1, $1)"
@@ -51,10 +55,9 @@ _INSERT_IMAGES = (
 _GET_TASK = "SELECT * FROM tasks WHERE id = $1"
 _GET_IMAGES = 'SELECT * FROM task_images WHERE task_id = $1 ORDER BY "index"'
 _GET_IMAGE = 'SELECT * FROM task_images WHERE task_id = $1 AND "index" = $2'
-_IMAGE_PREFIX = "i__"  # no task column starts with it
 _TASK_JOIN_IMAGES = (
     "SELECT t.*, "
-    + ", ".join(f'i."{c.name}" AS {_IMAGE_PREFIX}{c.name}' for c in task_images.c)
+    + ", ".join(f'i."{c.name}" AS {IMAGE_PREFIX}{c.name}' for c in task_images.c)
     + " FROM tasks t LEFT JOIN task_images i ON i.task_id = t.id"
 )
 _GET_TASK_AND_IMAGE = f'{_TASK_JOIN_IMAGES} AND i."index" = $2 WHERE t.id = $1'
@@ -133,87 +136,6 @@ def _outbox_cte(messages: Sequence[Outgoing], args: list[Any]) -> list[str]:
     ]
 
 
-def new_rows(new: NewTask, image_ids: Sequence[int]) -> tuple[TaskRow, list[ImageRow]]:
-    """The rows inserting ``new`` creates, the columns' defaults included (timestamps
-    aside: the database sets them)."""
-    now = datetime.now(UTC)
-    task = TaskRow(
-        id=new.id,
-        user_id=new.user_id,
-        prompt=new.prompt,
-        status=TaskStatus.PENDING,
-        version=1,
-        image_count=new.image_count,
-        images_ready=0,
-        meta=new.meta,
-        correlation_id=new.correlation_id,
-        error_code=None,
-        error_message=None,
-        created_at=now,
-        updated_at=now,
-        image_generation_started_at=None,
-        image_generation_completed_at=None,
-        failed_at=None,
-        cancelled_at=None,
-    )
-    images = [
-        ImageRow(
-            id=image_id,
-            task_id=new.id,
-            index=index,
-            url=None,
-            stored_at=None,
-            provider_task_id=None,
-            attempts=0,
-            dispatch=0,
-            submits=0,
-            last_error=None,
-        )
-        for index, image_id in enumerate(image_ids)
-    ]
-    return task, images
-
-
-@cache
-def _joined_columns(keys: tuple[str, ...]) -> tuple[_Columns, _Columns, int]:
-    """Where a task joined with its images keeps each row's columns: (position, name) of
-    the task's, of the image's (unprefixed), and the position of the image's id. Worked
-    out once per statement rather than per row: the prefix tests were most of a read."""
-    task = tuple((i, k) for i, k in enumerate(keys) if not k.startswith(_IMAGE_PREFIX))
-    image = tuple(
-        (i, k[len(_IMAGE_PREFIX) :]) for i, k in enumerate(keys) if k.startswith(_IMAGE_PREFIX)
-    )
-    return task, image, keys.index(f"{_IMAGE_PREFIX}id")
-
-
-def _split(rows: Sequence[Any]) -> tuple[TaskRow | None, list[ImageRow]]:
-    """A task joined with its images (columns prefixed) back into rows."""
-    if not rows:
-        return None, []
-    task_columns, image_columns, image_id = _joined_columns(tuple(rows[0].keys()))
-    images = [
-        ImageRow.of({k: row[i] for i, k in image_columns})
-        for row in rows
-        if row[image_id] is not None
-    ]
-    return TaskRow.of({k: rows[0][i] for i, k in task_columns}), images
-
-
-def planned(task: TaskRow, trigger: Trigger, *, stored_now: int = 0, **values: Any) -> TaskRow:
-    """The row ``trigger`` makes of ``task``, as the state machine decides it: what a
-    compare-and-set from ``task`` writes (timestamps aside). ``IllegalTransition``
-    propagates."""
-    images_ready = task.images_ready + stored_now
-    model = TaskModel(task.status, images_ready=images_ready, image_count=task.image_count)
-    target = apply_trigger(model, trigger)
-    for column in values:
-        if column not in _TRANSITION_VALUES:
-            raise ValueError(f"a transition does not set {column!r}")
-    return replace(
-        task, status=target, version=task.version + 1, images_ready=images_ready, **values
-    )
-
-
 class Tx:
     """One transaction (or, from ``Repository.autocommit()``, single statements)."""
 
@@ -260,12 +182,12 @@ class Tx:
         self, task_id: str, index: int
     ) -> tuple[TaskRow | None, ImageRow | None]:
         """Both rows in one round trip."""
-        task, images = _split(await self.conn.fetch(_GET_TASK_AND_IMAGE, task_id, index))
+        task, images = split_joined(await self.conn.fetch(_GET_TASK_AND_IMAGE, task_id, index))
         return task, images[0] if images else None
 
     async def get_task_with_images(self, task_id: str) -> tuple[TaskRow | None, list[ImageRow]]:
         """The task and all its images, as of one moment, in one round trip."""
-        return _split(await self.conn.fetch(_GET_TASK_WITH_IMAGES, task_id))
+        return split_joined(await self.conn.fetch(_GET_TASK_WITH_IMAGES, task_id))
 
     async def begin_image(
         self, task_id: str, image_id: int, dispatch: int
@@ -273,7 +195,9 @@ class Tx:
         """As ``get_task_with_images``, and, when image ``image_id`` is live at ``dispatch``
         with no provider task yet, mark its submit as going out (counting an earlier mark
         left unrecorded). The rows returned are as they were before the mark."""
-        return _split(await self.conn.fetch(_BEGIN_IMAGE, task_id, image_id, dispatch, _ACTIVE))
+        return split_joined(
+            await self.conn.fetch(_BEGIN_IMAGE, task_id, image_id, dispatch, _ACTIVE)
+        )
 
     async def get_image(self, task_id: str, index: int) -> ImageRow | None:
         row = await self.conn.fetchrow(_GET_IMAGE, task_id, index)

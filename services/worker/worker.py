@@ -22,8 +22,8 @@ from services.config import Settings
 from services.db.errors import DatabaseUnavailable, LostRace
 from services.db.locks import ProviderSlots
 from services.db.pacing import SubmitPacer
-from services.db.repository import Repository, Tx, planned
-from services.db.rows import ImageRow, TaskRow
+from services.db.repository import Repository, Tx
+from services.db.rows import ImageRow, TaskRow, planned
 from services.events import Events
 from services.logs import get_logger
 from services.provider.dashscope import DashScopeClient, ProviderTaskStatus, TaskResult

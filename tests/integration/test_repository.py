@@ -11,8 +11,8 @@ from dataclasses import replace
 import pytest
 
 from services.broker.topology import Topology
-from services.db.repository import Repository, Tx, planned
-from services.db.rows import ImageRow, NewTask, Outgoing, TaskRow
+from services.db.repository import Repository, Tx
+from services.db.rows import ImageRow, NewTask, Outgoing, TaskRow, planned
 from services.events import Events
 from statemachine import IllegalTransition, TaskStatus, Trigger
 

@@ -49,7 +49,7 @@ def test_partial_results_keep_failed_entries_apart_from_urls() -> None:
 def test_without_history_polling_follows_the_sdk_rhythm_from_an_immediate_query() -> None:
     from itertools import islice
 
-    from services.provider.dashscope import PollPlanner
+    from services.provider.polling import PollPlanner
 
     assert list(islice(PollPlanner().delays(elapsed_s=0.0), 11)) == [
         0,
@@ -69,7 +69,7 @@ def test_without_history_polling_follows_the_sdk_rhythm_from_an_immediate_query(
 def test_with_history_the_first_poll_goes_out_when_tasks_usually_finish() -> None:
     from itertools import islice
 
-    from services.provider.dashscope import PollPlanner
+    from services.provider.polling import PollPlanner
 
     planner = PollPlanner()
     planner.observe(10.0)
@@ -83,7 +83,7 @@ def test_with_history_the_first_poll_goes_out_when_tasks_usually_finish() -> Non
 
 
 def test_tasks_that_finish_at_once_are_polled_at_once() -> None:
-    from services.provider.dashscope import PollPlanner
+    from services.provider.polling import PollPlanner
 
     planner = PollPlanner()
     planner.observe(0.0)
@@ -92,7 +92,7 @@ def test_tasks_that_finish_at_once_are_polled_at_once() -> None:
 
 
 def test_the_expected_duration_follows_recent_tasks() -> None:
-    from services.provider.dashscope import PollPlanner
+    from services.provider.polling import PollPlanner
 
     planner = PollPlanner()
     for duration in (10.0, 10.0, 20.0):

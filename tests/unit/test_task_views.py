@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from services.db.repository import new_rows
-from services.db.rows import NewTask
+from services.db.rows import NewTask, new_rows
 from services.worker.views import TaskViews
 from statemachine import TaskStatus
 
