@@ -7,7 +7,9 @@ Statements run on the pooled asyncpg connection itself (``checkout``): the schem
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -42,6 +44,7 @@ _ENTERED_AT = {
 _NEXT_IMAGE_IDS = (
     "SELECT nextval(pg_get_serial_sequence('task_images', 'id')) FROM generate_series(1, $1)"
 )
+IMAGE_ID_BATCH = 64
 _INSERT_TASK = (
     "INSERT INTO tasks (id, user_id, prompt, status, version, image_count, metadata,"
     " correlation_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
@@ -146,15 +149,23 @@ class Tx:
         row = await self.conn.fetchrow(sql, *args)
         return TaskRow.of(row) if row else None
 
+    async def next_image_ids(self, count: int) -> list[int]:
+        return [r[0] for r in await self.conn.fetch(_NEXT_IMAGE_IDS, count)]
+
     async def insert_task(
-        self, new: NewTask, announce: Callable[[TaskRow, list[ImageRow]], Sequence[Outgoing]]
+        self,
+        new: NewTask,
+        announce: Callable[[TaskRow, list[ImageRow]], Sequence[Outgoing]],
+        ids: Sequence[int] | None = None,
     ) -> tuple[TaskRow, list[ImageRow]] | None:
         """Insert a PENDING task, its image slots and the messages ``announce`` makes of
         them, in one statement; None, with nothing written, when the id is taken.
 
-        The image ids are drawn first, so the messages (which name them) can be built
-        before the write, from the rows the insert leaves (see ``new_rows``)."""
-        ids = [r[0] for r in await self.conn.fetch(_NEXT_IMAGE_IDS, new.image_count)]
+        The image ids (``ids``, else drawn here) come first, so the messages (which name
+        them) can be built before the write, from the rows the insert leaves (see
+        ``new_rows``)."""
+        if ids is None:
+            ids = await self.next_image_ids(new.image_count)
         task, images = new_rows(new, ids)
         args: list[Any] = [
             task.id,
@@ -355,6 +366,20 @@ class Repository:
 
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._image_ids: deque[int] = deque()
+        self._drawing = asyncio.Lock()
+
+    async def image_ids(self, count: int) -> list[int]:
+        """``count`` unused image ids, drawn from the sequence ``IMAGE_ID_BATCH`` at a time
+        so that creating a task costs one round trip, not two. Ids this process never uses
+        are gaps in the sequence, as those of an insert that found its task id taken."""
+        if len(self._image_ids) < count:
+            async with self._drawing:  # one draw at a time: the tasks behind it share it
+                if len(self._image_ids) < count:
+                    async with self.autocommit() as tx:
+                        drawn = await tx.next_image_ids(max(count, IMAGE_ID_BATCH))
+                    self._image_ids.extend(drawn)
+        return [self._image_ids.popleft() for _ in range(count)]
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:

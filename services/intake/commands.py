@@ -51,8 +51,9 @@ async def create_task(
             *(events.image_message(image) for image in images),
         ]
 
+    ids = await repo.image_ids(new.image_count)
     async with repo.autocommit() as tx:
-        inserted = await tx.insert_task(new, announce)
+        inserted = await tx.insert_task(new, announce, ids)
         if inserted is None:
             existing = await tx.get_task(new.id)
             if existing is None:  # deleted in between; let the caller's redelivery try again

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from services.broker.topology import Topology
-from services.db.repository import Repository, Tx
+from services.db.repository import IMAGE_ID_BATCH, Repository, Tx
 from services.db.rows import ImageRow, NewTask, Outgoing, TaskRow, planned
 from services.events import Events
 from statemachine import IllegalTransition, TaskStatus, Trigger
@@ -48,6 +48,21 @@ async def test_a_new_task_is_pending_at_version_one_with_its_image_slots(repo: R
     assert (row.status, row.version, row.images_ready) == (TaskStatus.PENDING, 1, 0)
     assert [i.index for i in images] == [0, 1, 2]
     assert all(not i.stored for i in images)
+
+
+async def test_image_ids_are_drawn_ahead_in_batches_and_never_handed_out_twice(
+    repo: Repository,
+) -> None:
+    fresh = Repository(repo.db)  # nothing drawn yet
+    taken = await asyncio.gather(*(fresh.image_ids(4) for _ in range(40)))
+    ids = [i for four in taken for i in four]
+    assert len(set(ids)) == 160
+    async with repo.autocommit() as tx:
+        last = await tx.conn.fetchval(
+            "SELECT last_value FROM pg_sequences WHERE sequencename = 'task_images_id_seq'"
+        )
+    # Three draws of 64 for forty tasks (a draw of its own each would have been forty).
+    assert last - min(ids) + 1 == 3 * IMAGE_ID_BATCH
 
 
 async def test_inserting_the_same_task_id_twice_keeps_the_first(repo: Repository) -> None:
