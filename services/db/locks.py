@@ -10,6 +10,9 @@ process therefore remembers which slots and images it holds and never asks for t
 
 Keeper calls take turns. The tries and releases that queue behind the call on the wire go
 out together in the next one: a burst of messages costs a few round trips, not two each.
+A try also begins each image it wins (``Claim``): in the same statement, it marks the
+image's submit as going out and reads its task, which the worker needs before anything
+else, so an image's start costs no round trip of its own.
 """
 
 from __future__ import annotations
@@ -20,14 +23,29 @@ import time
 import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from itertools import groupby
+from typing import Any
 
 from services import metrics
 from services.db.engine import Database, Driver
 from services.db.errors import DatabaseUnavailable, translated
+from services.db.repository import JOINED_COLUMNS, MARK_SUBMITS
+from services.db.rows import ImageRow, TaskRow, split_joined
+from statemachine import ACTIVE_STATUSES
 
 # One round trip: for each image, a free slot (not one this process holds), then the image
-# (migrations 0002 and 0005).
-_ACQUIRE = "SELECT imagegen_acquire_many($1, $2, $3, $4::int[], $5, $6::int[])"
+# (migrations 0002 and 0005); for each image won, its submit marked and its task read.
+_CLAIM = (
+    "WITH w AS MATERIALIZED (SELECT * FROM unnest($6::int[], $7::text[], $8::int[],"
+    " imagegen_acquire_many($1, $2, $3, $4::int[], $5, $6::int[]))"
+    " WITH ORDINALITY AS w(image_id, task_id, dispatch, slot, n)),"
+    f" {MARK_SUBMITS}"
+    f" SELECT w.n AS claim_n, w.slot AS claim_slot, {JOINED_COLUMNS} FROM w"
+    " LEFT JOIN tasks t ON w.slot >= 0 AND t.id = w.task_id"
+    ' LEFT JOIN task_images i ON i.task_id = t.id ORDER BY w.n, i."index"'
+)
+_ACTIVE = [s.value for s in ACTIVE_STATUSES]
 _RELEASE = (
     "SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) s"
     " UNION ALL SELECT pg_advisory_unlock($3, i) FROM unnest($4::int[]) i"
@@ -41,10 +59,32 @@ _RUNNING = (
 MAX_PAUSE_S = 0.2
 
 
+@dataclass(frozen=True)
+class Claim:
+    """An image held, and its task and images as the claim found them, before it marked
+    the image's submit as going out (only when the image was live at ``dispatch`` with no
+    provider task yet). No task when none was named, or it is gone."""
+
+    task: TaskRow | None
+    images: list[ImageRow]
+
+
+_NOTHING_READ = Claim(None, [])
+_Answer = tuple[int | None, int, Claim]
+"""A try's answer: the slot (None: all taken; ``IMAGE_HELD_ELSEWHERE``), the keeper
+generation that holds it, and what the claim read."""
+
+
 def lock_classes(namespace: str) -> tuple[int, int]:
     """The two advisory-lock key spaces (slots, images) of a namespace."""
     base = zlib.crc32(namespace.encode()) & 0x3FFFFFFF
     return base, base + 1
+
+
+def _claim(rows: list[Any]) -> Claim:
+    if rows[0]["id"] is None:  # no task named, or none found
+        return _NOTHING_READ
+    return Claim(*split_joined(rows))
 
 
 class ProviderSlots:
@@ -62,8 +102,9 @@ class ProviderSlots:
         self._images: set[int] = set()
         self._holding: dict[int, tuple[int, int]] = {}
         """The slot each held image took, and the keeper generation that holds it."""
-        self._wanted: dict[int, asyncio.Future[tuple[int | None, int]]] = {}
-        """Images waiting for a try at a slot, and where each try's answer goes."""
+        self._wanted: dict[int, tuple[tuple[str, int] | None, asyncio.Future[_Answer]]] = {}
+        """Images waiting for a try at a slot, what to begin when it is won, and where each
+        try's answer goes."""
         self._unlocks: list[tuple[int | None, int | None, int]] = []
         """Slots and images to give back, with the keeper generation that holds them."""
         self._released = asyncio.Event()
@@ -103,31 +144,37 @@ class ProviderSlots:
         session compiles both and prepares the statement (about 10-20 ms, paid by the first
         image otherwise)."""
         async with self._session() as keeper:
-            await keeper.fetchval(_ACQUIRE, self.slot_class, 0, 0, [], self.image_class, [0])
+            await keeper.fetch(
+                _CLAIM, self.slot_class, 0, 0, [], self.image_class, [0], [None], [0], _ACTIVE
+            )
 
     @asynccontextmanager
-    async def hold(self, image_id: int) -> AsyncIterator[bool]:
+    async def hold(
+        self, image_id: int, begin: tuple[str, int] | None = None
+    ) -> AsyncIterator[Claim | None]:
         """Hold a global slot and image ``image_id`` for the length of the block (the slot
-        may go back earlier, with ``free_slot``).
+        may go back earlier, with ``free_slot``). With ``begin`` (the image's task id and
+        dispatch), the image is begun as it is won (``Claim``).
 
-        Yields False (holding nothing) when another worker already holds the image.
+        Yields None (holding nothing) when another worker already holds the image.
         """
         if image_id in self._images:
-            yield False
+            yield None
             return
         self._images.add(image_id)
         try:
-            acquired = await self._acquire(image_id)
+            acquired = await self._acquire(image_id, begin)
             if acquired is None:
-                yield False
+                yield None
                 return
-            self._holding[image_id] = acquired
+            slot, generation, claim = acquired
+            self._holding[image_id] = (slot, generation)
             metrics.SLOTS_IN_USE.inc()
             try:
-                yield True
+                yield claim
             finally:
-                slot = self._take_slot(image_id)
-                await self._release(slot[0] if slot else None, image_id, acquired[1])
+                held = self._take_slot(image_id)
+                await self._release(held[0] if held else None, image_id, generation)
         finally:
             self._images.discard(image_id)
 
@@ -148,41 +195,43 @@ class ProviderSlots:
             metrics.SLOTS_IN_USE.dec()
         return slot
 
-    async def _acquire(self, image_id: int) -> tuple[int, int] | None:
+    async def _acquire(
+        self, image_id: int, begin: tuple[str, int] | None
+    ) -> tuple[int, int, Claim] | None:
         started = time.monotonic()
         pause = 0.005
         while True:
             self._released.clear()
-            slot, generation = await self._try(image_id)
+            slot, generation, claim = await self._try(image_id, begin)
             if slot == IMAGE_HELD_ELSEWHERE:
                 return None
             if slot is not None:
                 metrics.SLOT_WAIT_SECONDS.observe(time.monotonic() - started)
-                return slot, generation
+                return slot, generation, claim
             # Every slot is taken: wait for one of ours to free, or back off for others'.
             try:
                 await asyncio.wait_for(self._released.wait(), pause * (1 + random.random()))
             except TimeoutError:
                 pause = min(pause * 2, MAX_PAUSE_S)
 
-    async def _try(self, image_id: int) -> tuple[int | None, int]:
-        """One try at a slot and the image: the slot, None (all taken) or
-        ``IMAGE_HELD_ELSEWHERE``, with the keeper generation that holds it. Tries queue
-        behind the keeper's current call: the first to get the keeper sends every one
-        waiting, in one round trip, and the others find their answer there."""
-        answer: asyncio.Future[tuple[int | None, int]] = asyncio.get_running_loop().create_future()
+    async def _try(self, image_id: int, begin: tuple[str, int] | None) -> _Answer:
+        """One try at a slot and the image. Tries queue behind the keeper's current call:
+        the first to get the keeper sends every one waiting, in one round trip, and the
+        others find their answer there."""
+        answer: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         try:
-            self._wanted[image_id] = answer
+            self._wanted[image_id] = (begin, answer)
             async with self._session() as keeper:
                 if not answer.done():
-                    self._wanted[image_id] = answer  # a failed call before ours dropped it
+                    # a failed call before ours dropped it
+                    self._wanted[image_id] = (begin, answer)
                     await self._send_tries(keeper)
             return answer.result()
         except BaseException:
-            if self._wanted.get(image_id) is answer:
+            if self._wanted.get(image_id, (None, None))[1] is answer:
                 del self._wanted[image_id]
             if not answer.cancel():  # answered by another's call, then this one gave up
-                slot, generation = answer.result()
+                slot, generation, _ = answer.result()
                 if slot is not None and slot >= 0:
                     self._give_back(slot, image_id, generation)
             raise
@@ -190,21 +239,29 @@ class ProviderSlots:
     async def _send_tries(self, keeper: Driver) -> None:
         wanted = dict(self._wanted)
         self._wanted.clear()
-        slots = await keeper.fetchval(
-            _ACQUIRE,
+        begins = [begin or (None, None) for begin, _ in wanted.values()]
+        rows = await keeper.fetch(
+            _CLAIM,
             self.slot_class,
             self.size,
             random.randrange(self.size),
             sorted(self._slots),
             self.image_class,
             list(wanted),
+            [task_id for task_id, _ in begins],
+            [dispatch for _, dispatch in begins],
+            _ACTIVE,
         )
-        for (image_id, answer), slot in zip(wanted.items(), slots, strict=True):
+        claims = [list(group) for _, group in groupby(rows, key=lambda r: r["claim_n"])]
+        for (image_id, (_, answer)), found in zip(wanted.items(), claims, strict=True):
+            slot = found[0]["claim_slot"]
             granted = slot is not None and slot >= 0
             if granted:
                 self._slots.add(slot)
             if not answer.cancelled():
-                answer.set_result((slot, self._generation))
+                answer.set_result(
+                    (slot, self._generation, _claim(found) if granted else _NOTHING_READ)
+                )
             elif granted:  # its holder gave up while this call was on the wire
                 self._give_back(slot, image_id, self._generation)
 

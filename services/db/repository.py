@@ -58,10 +58,12 @@ _INSERT_IMAGES = (
 _GET_TASK = "SELECT * FROM tasks WHERE id = $1"
 _GET_IMAGES = 'SELECT * FROM task_images WHERE task_id = $1 ORDER BY "index"'
 _GET_IMAGE = 'SELECT * FROM task_images WHERE task_id = $1 AND "index" = $2'
+JOINED_COLUMNS = "t.*, " + ", ".join(
+    f'i."{c.name}" AS {IMAGE_PREFIX}{c.name}' for c in task_images.c
+)
+"""A task ``t`` and its images ``i`` as one row each, which ``split_joined`` takes apart."""
 _TASK_JOIN_IMAGES = (
-    "SELECT t.*, "
-    + ", ".join(f'i."{c.name}" AS {IMAGE_PREFIX}{c.name}' for c in task_images.c)
-    + " FROM tasks t LEFT JOIN task_images i ON i.task_id = t.id"
+    f"SELECT {JOINED_COLUMNS} FROM tasks t LEFT JOIN task_images i ON i.task_id = t.id"
 )
 _GET_TASK_AND_IMAGE = f'{_TASK_JOIN_IMAGES} AND i."index" = $2 WHERE t.id = $1'
 _GET_TASK_WITH_IMAGES = f'{_TASK_JOIN_IMAGES} WHERE t.id = $1 ORDER BY i."index"'
@@ -78,15 +80,17 @@ _SET_PROVIDER_TASK = (
     "UPDATE task_images SET provider_task_id = $2, updated_at = now(),"
     " submits = submits + 1, submit_started_at = NULL WHERE id = $1"
 )
-# The read that finds an image live also marks its submit as going out: one round trip,
-# and the rows returned show the image as it was before the mark (one snapshot).
-_BEGIN_IMAGE = (
-    "WITH mark AS (UPDATE task_images i SET submit_started_at = now(),"
+# Marks the submits of the images in ``w`` (image_id, task_id, dispatch, slot) that hold a
+# slot and are live at their dispatch with no provider task yet, counting an earlier mark
+# left unrecorded; $9 is the active statuses. A common table expression of the keeper's
+# claim (``services/db/locks.py``), whose read of the rows shares its snapshot: they show
+# the images as they were before the mark.
+MARK_SUBMITS = (
+    "mark AS (UPDATE task_images i SET submit_started_at = now(),"
     " unrecorded_submits = i.unrecorded_submits + (i.submit_started_at IS NOT NULL)::int"
-    " FROM tasks t WHERE i.id = $2 AND i.task_id = $1 AND i.dispatch = $3"
-    " AND i.provider_task_id IS NULL AND i.url IS NULL"
-    " AND t.id = i.task_id AND t.status = ANY($4::text[]))"
-    f" {_GET_TASK_WITH_IMAGES}"
+    " FROM w, tasks t WHERE w.slot >= 0 AND i.id = w.image_id AND i.task_id = w.task_id"
+    " AND i.dispatch = w.dispatch AND i.provider_task_id IS NULL AND i.url IS NULL"
+    " AND t.id = i.task_id AND t.status = ANY($9::text[]))"
 )
 _INSERT_OUTBOX = f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
 _TAKE_OUTBOX = (
@@ -199,16 +203,6 @@ class Tx:
     async def get_task_with_images(self, task_id: str) -> tuple[TaskRow | None, list[ImageRow]]:
         """The task and all its images, as of one moment, in one round trip."""
         return split_joined(await self.conn.fetch(_GET_TASK_WITH_IMAGES, task_id))
-
-    async def begin_image(
-        self, task_id: str, image_id: int, dispatch: int
-    ) -> tuple[TaskRow | None, list[ImageRow]]:
-        """As ``get_task_with_images``, and, when image ``image_id`` is live at ``dispatch``
-        with no provider task yet, mark its submit as going out (counting an earlier mark
-        left unrecorded). The rows returned are as they were before the mark."""
-        return split_joined(
-            await self.conn.fetch(_BEGIN_IMAGE, task_id, image_id, dispatch, _ACTIVE)
-        )
 
     async def get_image(self, task_id: str, index: int) -> ImageRow | None:
         row = await self.conn.fetchrow(_GET_IMAGE, task_id, index)

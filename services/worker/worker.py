@@ -20,7 +20,7 @@ from services import metrics
 from services.broker.errors import Drop, Reject
 from services.config import Settings
 from services.db.errors import DatabaseUnavailable, LostRace
-from services.db.locks import ProviderSlots
+from services.db.locks import Claim, ProviderSlots
 from services.db.pacing import SubmitPacer
 from services.db.repository import Repository, Tx
 from services.db.rows import ImageRow, TaskRow, planned
@@ -101,12 +101,12 @@ class ImageWorker:
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         msg = ImageMessage.parse(message.body)
         fields = {"task_id": msg.task_id, "image_index": msg.index, "attempt": msg.attempt}
-        async with self.slots.hold(msg.image_id) as held:
-            if not held:
+        async with self.slots.hold(msg.image_id, (msg.task_id, msg.dispatch)) as claim:
+            if claim is None:
                 raise Drop(f"image {msg.task_id}/{msg.index} is held by another worker")
             try:
                 with self.views.of(msg.task_id) as view:
-                    task, image, images = await self._begin(msg, view)
+                    task, image, images = await self._begin(msg, claim, view)
                     log.info("image started", action="image_started", **fields)
                     failure: ProviderError | None = None
                     try:
@@ -124,16 +124,15 @@ class ImageWorker:
                 log.info("slot freed", action="slot_freed", **fields)
 
     async def _begin(
-        self, msg: ImageMessage, view: TaskView
+        self, msg: ImageMessage, claim: Claim, view: TaskView
     ) -> tuple[TaskRow, ImageRow, list[ImageRow]]:
         """Check the message is still live and, for a task's first image, start the task.
-        Taken while this worker holds the image and a slot. The read also marks a submit as
-        going out (``_generate``). The start is a compare-and-set written with its event;
-        a task's images usually try it together, in this process by turns (``view``).
-        Returns the image as first read and the task's images, the store's first guess of
-        the task's state."""
-        async with self.repo.autocommit() as tx:
-            task, images = await tx.begin_image(msg.task_id, msg.image_id, msg.dispatch)
+        The rows are those the claim on the image and a slot read, as it marked a submit
+        as going out (``_generate``). The start is a compare-and-set written with its
+        event; a task's images usually try it together, in this process by turns
+        (``view``). Returns the image as first read and the task's images, the store's
+        first guess of the task's state."""
+        task, images = claim.task, claim.images
         task, image = self._live(msg, task, _at(images, msg.index))
         if task.status is not TaskStatus.PENDING:
             return task, image, images

@@ -12,7 +12,10 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.db.engine import Database
-from services.db.locks import ProviderSlots
+from services.db.locks import Claim, ProviderSlots
+from services.db.repository import Repository
+from services.db.rows import ImageRow, NewTask, TaskRow, planned
+from statemachine import TaskStatus, Trigger
 
 
 @pytest.fixture
@@ -232,11 +235,11 @@ async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_eac
     # The first try goes alone; the five queued behind it share one statement, in which
     # three get the slots left and two find none (and wait, here until the timeout).
     assert sent[:2] == [sent[0]] * 2 and "acquire" in sent[0]
-    assert sum(e is True for e in entered) == 4
+    assert sum(isinstance(e, Claim) for e in entered) == 4
     assert sum(isinstance(e, TimeoutError) for e in entered) == 2
     assert await _locks_held(dbs[1], slots) == (4, 4)
     for hold, result in zip(holds, entered, strict=True):
-        if result is True:
+        if isinstance(result, Claim):
             await hold.__aexit__(None, None, None)
     assert await _advisory_locks(dbs[1], slots.image_class) == 0
     await slots.close()
@@ -261,7 +264,7 @@ async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
     tasks[2].cancel()
     with pytest.raises(asyncio.CancelledError):
         await tasks[2]
-    assert await asyncio.gather(tasks[0], tasks[1]) == [True, True]
+    assert all(isinstance(c, Claim) for c in await asyncio.gather(tasks[0], tasks[1]))
     for _ in range(100):
         if await _advisory_locks(dbs[1], slots.image_class) == 2:
             break
@@ -269,4 +272,94 @@ async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
     assert await _locks_held(dbs[1], slots) == (2, 2), "image 402 was given back"
     for hold in holds[:2]:
         await hold.__aexit__(None, None, None)
+    await slots.close()
+
+
+async def _task(db: Database, image_count: int = 2) -> tuple[TaskRow, list[ImageRow]]:
+    repo = Repository(db)
+    new = NewTask(f"t-{uuid.uuid4().hex[:12]}", "u-1", "a cat", image_count=image_count)
+    async with repo.autocommit() as tx:
+        inserted = await tx.insert_task(new, lambda task, images: [])
+    assert inserted is not None
+    return inserted
+
+
+async def _marks(db: Database, task_id: str) -> list[tuple[bool, int]]:
+    async with db.checkout() as conn:
+        rows = await conn.fetch(
+            "SELECT submit_started_at IS NOT NULL, unrecorded_submits FROM task_images"
+            ' WHERE task_id = $1 ORDER BY "index"',
+            task_id,
+        )
+    return [(r[0], r[1]) for r in rows]
+
+
+async def test_winning_a_live_image_marks_its_submit_and_reads_the_rows_as_they_were(
+    dbs: list[Database],
+) -> None:
+    task, images = await _task(dbs[0])
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
+    first = images[0]
+    async with slots.hold(first.id, (task.id, first.dispatch)) as claim:
+        assert claim is not None
+        assert claim.task is not None and claim.task.id == task.id
+        assert [i.id for i in claim.images] == [i.id for i in images]
+        assert claim.images[0].submit_started_at is None, "as it was before the mark"
+        assert await _marks(dbs[1], task.id) == [(True, 0), (False, 0)]
+    async with slots.hold(first.id, (task.id, first.dispatch)) as again:
+        assert again is not None and again.images[0].submit_started_at is not None
+    assert await _marks(dbs[1], task.id) == [(True, 1), (False, 0)], (
+        "a mark found still there counts as an unrecorded submit"
+    )
+    await slots.close()
+
+
+async def test_an_image_that_will_not_be_submitted_is_held_and_read_without_a_mark(
+    dbs: list[Database],
+) -> None:
+    task, (stale, polled, stored) = await _task(dbs[0], image_count=3)
+    repo = Repository(dbs[0])
+    async with repo.autocommit() as tx:
+        current = await tx.transition(task, Trigger.START)
+        assert current is not None
+        await tx.set_provider_task(polled, "provider-task-1")
+        after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
+        assert (await tx.write(current, after, [], store=(stored, "https://img/2")))[0]
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
+    for image, dispatch in (
+        (stale, stale.dispatch + 1),
+        (polled, polled.dispatch),
+        (stored, stored.dispatch),
+    ):
+        async with slots.hold(image.id, (task.id, dispatch)) as claim:
+            assert claim is not None and claim.task is not None
+    assert await _marks(dbs[1], task.id) == [(False, 0)] * 3
+    await slots.close()
+
+
+async def test_an_image_of_an_ended_task_is_held_and_read_without_a_mark(
+    dbs: list[Database],
+) -> None:
+    task, images = await _task(dbs[0])
+    async with Repository(dbs[0]).autocommit() as tx:
+        assert await tx.transition(task, Trigger.CANCEL) is not None
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
+    async with slots.hold(images[0].id, (task.id, images[0].dispatch)) as claim:
+        assert claim is not None and claim.task is not None
+        assert claim.task.status is TaskStatus.CANCELLED
+    assert await _marks(dbs[1], task.id) == [(False, 0)] * 2
+    await slots.close()
+
+
+async def test_a_try_that_finds_no_free_slot_marks_nothing(dbs: list[Database]) -> None:
+    task, (first, second) = await _task(dbs[0])
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    async with slots.hold(first.id, (task.id, first.dispatch)):
+        waiting = slots.hold(second.id, (task.id, second.dispatch))
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(waiting.__aenter__(), 0.2)
+        assert await _marks(dbs[1], task.id) == [(True, 0), (False, 0)]
+    async with slots.hold(second.id, (task.id, second.dispatch)) as claim:
+        assert claim is not None and claim.images[1].submit_started_at is None
+    assert await _marks(dbs[1], task.id) == [(True, 0), (True, 0)]
     await slots.close()
