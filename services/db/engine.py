@@ -82,10 +82,12 @@ class Database:
         """A pooled connection, for an ``async with`` block."""
         return Checkout(self)
 
-    async def connect(self) -> Driver:
-        """A session of its own, outside the pool; the caller closes it."""
+    async def connect(self, session: Mapping[str, str] | None = None) -> Driver:
+        """A session of its own, outside the pool, with ``session``'s server settings on top
+        of the pool's; the caller closes it."""
         async with translated():
-            conn = await asyncpg.connect(self.dsn, server_settings=self.session)
+            settings = self.session | dict(session or {})
+            conn = await asyncpg.connect(self.dsn, server_settings=settings)
             try:
                 await _setup(conn)
             except BaseException:

@@ -8,11 +8,12 @@ recover, and no connection held per in-flight provider call.
 Session advisory locks are re-entrant: the keeper could take the same key twice. The
 process therefore remembers which slots and images it holds and never asks for them again.
 
-Keeper calls take turns. The tries and releases that queue behind the call on the wire go
-out together in the next one: a burst of messages costs a few round trips, not two each.
-A try also begins each image it wins (``Claim``): in the same statement, it marks the
-image's submit as going out and reads its task, which the worker needs before anything
-else, so an image's start costs no round trip of its own.
+Keeper calls take turns. The tries, releases and writes that queue behind the call on the
+wire go out together in the next one: a burst of messages costs a few round trips, not
+several each. So the keeper also does an image's two small writes around its submit: a try
+begins each image it wins (``Claim``), marking the submit as going out and reading the
+task in the same statement, and the provider task id the submit got is stored with the
+releases (``record_provider_task``).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Any
 from services import metrics
 from services.db.engine import Database, Driver
 from services.db.errors import DatabaseUnavailable, translated
-from services.db.repository import JOINED_COLUMNS, MARK_SUBMITS
+from services.db.repository import JOINED_COLUMNS, MARK_SUBMITS, RECORD_PROVIDER_TASKS
 from services.db.rows import ImageRow, TaskRow, split_joined
 from statemachine import ACTIVE_STATUSES
 
@@ -46,8 +47,15 @@ _CLAIM = (
     ' LEFT JOIN task_images i ON i.task_id = t.id ORDER BY w.n, i."index"'
 )
 _ACTIVE = [s.value for s in ACTIVE_STATUSES]
-_RELEASE = (
-    "SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) s"
+KEEPER_SESSION = {"plan_cache_mode": "force_custom_plan"}
+"""The keeper plans each call afresh. Its statements look images up by the ids they carry,
+and a plan kept for good while the tables were nearly empty (on a new database, and on one
+never analyzed) scanned them whole as they grew: 460 against 35 us per call in the
+throughput benchmark."""
+# One round trip: provider task ids stored, then slots and images given back.
+_SETTLE = (
+    f"WITH {RECORD_PROVIDER_TASKS}"
+    " SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) s"
     " UNION ALL SELECT pg_advisory_unlock($3, i) FROM unnest($4::int[]) i"
 )
 IMAGE_HELD_ELSEWHERE = -1
@@ -107,6 +115,8 @@ class ProviderSlots:
         try's answer goes."""
         self._unlocks: list[tuple[int | None, int | None, int]] = []
         """Slots and images to give back, with the keeper generation that holds them."""
+        self._records: list[tuple[int, str, asyncio.Future[None]]] = []
+        """Provider task ids to store, and where each write's outcome goes."""
         self._released = asyncio.Event()
         self._counted: tuple[float, int] | None = None
         self._giving_back: set[asyncio.Task[None]] = set()
@@ -123,7 +133,7 @@ class ProviderSlots:
                 yield None
                 return
             if self._keeper is None:
-                self._keeper = await self.db.connect()
+                self._keeper = await self.db.connect(KEEPER_SESSION)
                 self._generation += 1
                 self._slots.clear()  # a new session holds nothing
             try:
@@ -274,22 +284,64 @@ class ProviderSlots:
         self._unlocks.append((slot, image_id, generation))
         try:
             async with self._session(generation) as keeper:
-                # Releases queue behind other keeper calls: the first to get the session
-                # sends every one waiting, in one round trip, and the rest find none left.
-                # Those of an older keeper are dropped: its locks died with it.
-                if keeper is None:
-                    return
-                live = [u for u in self._unlocks if u[2] == generation]
-                self._unlocks.clear()
-                slots = [s for s, _, _ in live if s is not None]
-                images = [i for _, i, _ in live if i is not None]
-                if live:
-                    self._slots.difference_update(slots)
-                    await keeper.fetch(_RELEASE, self.slot_class, slots, self.image_class, images)
+                if keeper is not None:  # else the keeper died, and the locks with it
+                    await self._settle(keeper)
         except DatabaseUnavailable:
             pass  # the keeper died, and the locks with it
         finally:
             self._released.set()
+
+    async def record_provider_task(self, image_id: int, provider_task_id: str) -> None:
+        """Store the provider task id of a held image; it counts as a submit, and clears
+        the submit's mark. Raises ``DatabaseUnavailable`` when it was not written."""
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (image_id, provider_task_id, written)
+        self._records.append(entry)
+        try:
+            async with self._session() as keeper:
+                if not written.done():
+                    await self._settle(keeper)
+        except Exception:
+            if entry in self._records:  # never sent
+                self._records.remove(entry)
+            if not written.done():
+                raise
+        except BaseException:
+            if entry in self._records:
+                self._records.remove(entry)
+            raise
+        written.result()  # written by an earlier call, or failed with it
+
+    async def _settle(self, keeper: Driver) -> None:
+        """Send every write and release queued behind the keeper's last call, in one round
+        trip. Releases of an older keeper are dropped: its locks died with it."""
+        records, self._records = self._records, []
+        live = [u for u in self._unlocks if u[2] == self._generation]
+        self._unlocks.clear()
+        slots = [s for s, _, _ in live if s is not None]
+        images = [i for _, i, _ in live if i is not None]
+        if not records and not live:
+            return
+        self._slots.difference_update(slots)
+        try:
+            await keeper.fetch(
+                _SETTLE,
+                self.slot_class,
+                slots,
+                self.image_class,
+                images,
+                [image_id for image_id, _, _ in records],
+                [provider_task_id for _, provider_task_id, _ in records],
+            )
+        except BaseException as exc:
+            failed = DatabaseUnavailable(f"keeper call failed: {exc.__class__.__name__}")
+            for _, _, written in records:
+                if not written.done():
+                    written.set_exception(failed)
+            raise
+        for _, _, written in records:
+            if not written.done():
+                written.set_result(None)
 
     async def running(self, max_age_s: float = 0.0) -> int:
         """Slots held by every process, counted at most ``max_age_s`` ago. Counting scans

@@ -76,9 +76,13 @@ _CURRENT = "current AS (SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT
 _WRITTEN_OR_CURRENT = "SELECT true AS written, * FROM t UNION ALL SELECT false, * FROM current"
 _TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {_CAS} RETURNING *"
 _OUTBOX_COLUMNS = "exchange, routing_key, body, headers, message_id, correlation_id"
-_SET_PROVIDER_TASK = (
-    "UPDATE task_images SET provider_task_id = $2, updated_at = now(),"
-    " submits = submits + 1, submit_started_at = NULL WHERE id = $1"
+# Stores provider task ids ($5, image ids; $6, the ids), each counting as a submit and
+# taking its submit's mark away. A common table expression of the keeper's settle call
+# (``services/db/locks.py``).
+RECORD_PROVIDER_TASKS = (
+    "recorded AS (UPDATE task_images i SET provider_task_id = r.provider_task_id,"
+    " updated_at = now(), submits = i.submits + 1, submit_started_at = NULL"
+    " FROM unnest($5::int[], $6::text[]) AS r(id, provider_task_id) WHERE i.id = r.id)"
 )
 # Marks the submits of the images in ``w`` (image_id, task_id, dispatch, slot) that hold a
 # slot and are live at their dispatch with no provider task yet, counting an earlier mark
@@ -279,10 +283,6 @@ class Tx:
     async def touch(self, task: TaskRow) -> TaskRow | None:
         """Raise the version (an event without a status change), if nobody changed the task."""
         return await self._task(_TOUCH, task.id, task.status.value, task.version)
-
-    async def set_provider_task(self, image: ImageRow, provider_task_id: str) -> None:
-        """Remember the provider task of an image; it counts as a submit."""
-        await self.conn.execute(_SET_PROVIDER_TASK, image.id, provider_task_id)
 
     async def redispatch(
         self,

@@ -226,8 +226,7 @@ class ImageWorker:
         # The submit is paid for: losing its id would mean paying again, so insist a while.
         for attempt in range(PROVIDER_ID_WRITE_TRIES):
             try:
-                async with self.repo.autocommit() as tx:
-                    await tx.set_provider_task(image, provider_task_id)
+                await self.slots.record_provider_task(image.id, provider_task_id)
                 return
             except DatabaseUnavailable:
                 if attempt == PROVIDER_ID_WRITE_TRIES - 1:

@@ -318,14 +318,13 @@ async def test_an_image_that_will_not_be_submitted_is_held_and_read_without_a_ma
     dbs: list[Database],
 ) -> None:
     task, (stale, polled, stored) = await _task(dbs[0], image_count=3)
-    repo = Repository(dbs[0])
-    async with repo.autocommit() as tx:
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
+    await slots.record_provider_task(polled.id, "provider-task-1")
+    async with Repository(dbs[0]).autocommit() as tx:
         current = await tx.transition(task, Trigger.START)
         assert current is not None
-        await tx.set_provider_task(polled, "provider-task-1")
         after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
         assert (await tx.write(current, after, [], store=(stored, "https://img/2")))[0]
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
     for image, dispatch in (
         (stale, stale.dispatch + 1),
         (polled, polled.dispatch),
@@ -362,4 +361,57 @@ async def test_a_try_that_finds_no_free_slot_marks_nothing(dbs: list[Database]) 
     async with slots.hold(second.id, (task.id, second.dispatch)) as claim:
         assert claim is not None and claim.images[1].submit_started_at is None
     assert await _marks(dbs[1], task.id) == [(True, 0), (True, 0)]
+    await slots.close()
+
+
+async def _provider_task(db: Database, image_id: int) -> tuple[str | None, int, bool]:
+    async with db.checkout() as conn:
+        row = await conn.fetchrow(
+            "SELECT provider_task_id, submits, submit_started_at IS NOT NULL FROM task_images"
+            " WHERE id = $1",
+            image_id,
+        )
+    assert row is not None
+    return row[0], row[1], row[2]
+
+
+async def test_a_recorded_provider_task_counts_as_a_submit_and_clears_its_mark(
+    dbs: list[Database],
+) -> None:
+    task, images = await _task(dbs[0], image_count=1)
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    async with slots.hold(images[0].id, (task.id, images[0].dispatch)):
+        assert await _provider_task(dbs[1], images[0].id) == (None, 0, True)
+        await slots.record_provider_task(images[0].id, "provider-task-1")
+        assert await _provider_task(dbs[1], images[0].id) == ("provider-task-1", 1, False)
+    await slots.close()
+
+
+async def test_provider_task_ids_queued_behind_another_call_go_out_together(
+    dbs: list[Database],
+) -> None:
+    _, images = await _task(dbs[0], image_count=4)
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    await slots.connect()
+    assert slots._keeper is not None
+    sent: list[str] = []
+    slots._keeper.add_query_logger(lambda query: sent.append(query.query))
+    await asyncio.gather(*(slots.record_provider_task(i.id, f"p-{i.index}") for i in images))
+    assert len(sent) == 2, "the first alone, the three queued behind it in one statement"
+    found = [await _provider_task(dbs[1], i.id) for i in images]
+    assert found == [(f"p-{i}", 1, False) for i in range(4)]
+    await slots.close()
+
+
+async def test_a_provider_task_id_is_recorded_on_a_new_keeper_after_the_old_one_died(
+    dbs: list[Database],
+) -> None:
+    _, images = await _task(dbs[0], image_count=1)
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    await slots.connect()
+    assert slots._keeper is not None
+    slots._keeper.terminate()
+    await slots.record_provider_task(images[0].id, "provider-task-1")
+    assert await _provider_task(dbs[1], images[0].id) == ("provider-task-1", 1, False)
+    assert not slots._records
     await slots.close()
