@@ -30,7 +30,7 @@ from typing import Any
 
 from services import metrics
 from services.db.engine import Database, Driver
-from services.db.errors import DatabaseUnavailable, translated
+from services.db.errors import DatabaseUnavailable, RepositoryError, is_unavailable, translated
 from services.db.repository import JOINED_COLUMNS, MARK_SUBMITS, RECORD_PROVIDER_TASKS
 from services.db.rows import ImageRow, TaskRow, split_joined
 from statemachine import ACTIVE_STATUSES
@@ -334,7 +334,11 @@ class ProviderSlots:
                 [provider_task_id for _, provider_task_id, _ in records],
             )
         except BaseException as exc:
-            failed = DatabaseUnavailable(f"keeper call failed: {exc.__class__.__name__}")
+            failed: RepositoryError = (
+                DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}")
+                if is_unavailable(exc) or not isinstance(exc, Exception)  # or interrupted
+                else RepositoryError(f"database error: {exc}")
+            )
             for _, _, written in records:
                 if not written.done():
                     written.set_exception(failed)

@@ -30,6 +30,8 @@ from services.provider.polling import Pacer, PollPlanner
 from services.provider.transport import ProviderTransport
 
 SUBMIT_PATH = "/services/aigc/text2image/image-synthesis"
+MAX_TASK_ID_LENGTH = 128
+"""The longest provider task id the database stores (``task_images.provider_task_id``)."""
 
 
 class ProviderTaskStatus(StrEnum):
@@ -267,12 +269,17 @@ class DashScopeClient:
             raise _http_error(response)
         body = _json(response)
         output = body.get("output") if body else None
-        if not isinstance(output, dict) or not _str(output.get("task_id")):
+        if not isinstance(output, dict):
+            output = {}
+        task_id = _str(output.get("task_id"))
+        if task_id is None or len(task_id) > MAX_TASK_ID_LENGTH:
             # 200 means a task exists somewhere, but without its id it cannot be polled.
-            raise ProviderTransportError("submit answer without output.task_id", ambiguous=True)
+            raise ProviderTransportError(
+                "submit answer without a usable output.task_id", ambiguous=True
+            )
         status = output.get("task_status")
         return SubmitResult(
-            task_id=str(output["task_id"]),
+            task_id=task_id,
             status=ProviderTaskStatus(str(status))
             if status in ProviderTaskStatus.__members__
             else ProviderTaskStatus.PENDING,

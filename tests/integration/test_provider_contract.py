@@ -198,6 +198,15 @@ async def test_every_documented_error_reaches_the_caller_typed(
     assert error.failure.http_status == status and error.failure.code == code
 
 
+async def test_a_task_id_too_long_to_store_is_an_ambiguous_transport_error(
+    client: DashScopeClient,
+) -> None:
+    with pytest.raises(ProviderTransportError) as raised:
+        await client.submit("x [sim:longid]")
+    assert raised.value.ambiguous, "the task was created: it may be billed"
+    assert "task_id" in str(raised.value)
+
+
 async def test_a_gateway_504_with_an_html_body_is_a_typed_error(client: DashScopeClient) -> None:
     with pytest.raises(ProviderHTTPError) as raised:
         await client.submit("x [sim:504]")

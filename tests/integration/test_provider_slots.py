@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from services.db.engine import Database
+from services.db.errors import DatabaseUnavailable, RepositoryError
 from services.db.locks import Claim, ProviderSlots
 from services.db.repository import Repository
 from services.db.rows import ImageRow, NewTask, TaskRow, planned
@@ -414,4 +415,17 @@ async def test_a_provider_task_id_is_recorded_on_a_new_keeper_after_the_old_one_
     await slots.record_provider_task(images[0].id, "provider-task-1")
     assert await _provider_task(dbs[1], images[0].id) == ("provider-task-1", 1, False)
     assert not slots._records
+    await slots.close()
+
+
+async def test_a_provider_task_id_the_database_refuses_is_an_error_not_a_retry(
+    dbs: list[Database],
+) -> None:
+    _, images = await _task(dbs[0], image_count=1)
+    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    with pytest.raises(RepositoryError) as raised:
+        await slots.record_provider_task(images[0].id, "x" * 200)
+    assert not isinstance(raised.value, DatabaseUnavailable), "retrying cannot help"
+    await slots.record_provider_task(images[0].id, "provider-task-1")
+    assert await _provider_task(dbs[1], images[0].id) == ("provider-task-1", 1, False)
     await slots.close()

@@ -253,8 +253,10 @@ class Simulator:
             outcome = "failed"
         if outcome == "ok" and self._chance(cfg.p_unknown):
             outcome = "unknown"
+        # [sim:longid]: a task whose id is too long to be stored (a malformed answer).
+        long_id = "-" + "0" * 120 if "longid" in active else ""
         task = SimTask(
-            id=f"sim-{uuid.uuid4()}",
+            id=f"sim-{uuid.uuid4()}{long_id}",
             prompt=prompt[:PROMPT_LIMIT],
             n=n,
             submitted_at=self.clock(),
