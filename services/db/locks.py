@@ -301,15 +301,11 @@ class ProviderSlots:
             async with self._session() as keeper:
                 if not written.done():
                     await self._settle(keeper)
-        except Exception:
+        except BaseException as exc:
             if entry in self._records:  # never sent
                 self._records.remove(entry)
-            if not written.done():
+            if not written.done() or not isinstance(exc, Exception):  # or cancelled
                 raise
-        except BaseException:
-            if entry in self._records:
-                self._records.remove(entry)
-            raise
         written.result()  # written by an earlier call, or failed with it
 
     async def _settle(self, keeper: Driver) -> None:

@@ -164,16 +164,14 @@ class Tx:
         self,
         new: NewTask,
         announce: Callable[[TaskRow, list[ImageRow]], Sequence[Outgoing]],
-        ids: Sequence[int] | None = None,
+        ids: Sequence[int],
     ) -> tuple[TaskRow, list[ImageRow]] | None:
         """Insert a PENDING task, its image slots and the messages ``announce`` makes of
         them, in one statement; None, with nothing written, when the id is taken.
 
-        The image ids (``ids``, else drawn here) come first, so the messages (which name
-        them) can be built before the write, from the rows the insert leaves (see
-        ``new_rows``)."""
-        if ids is None:
-            ids = await self.next_image_ids(new.image_count)
+        The image ids (``ids``, from ``Repository.image_ids``) come first, so the messages
+        (which name them) can be built before the write, from the rows the insert leaves
+        (see ``new_rows``)."""
         task, images = new_rows(new, ids)
         args: list[Any] = [
             task.id,

@@ -27,6 +27,11 @@ async def dbs(database: str) -> AsyncIterator[list[Database]]:
         await db.close()
 
 
+def _slots(db: Database, size: int) -> ProviderSlots:
+    """A keeper of ``size`` slots in a namespace of its own."""
+    return ProviderSlots(db, f"slots-{uuid.uuid4().hex[:8]}", size=size)
+
+
 async def test_two_keepers_never_hold_more_slots_than_the_limit(dbs: list[Database]) -> None:
     namespace = f"slots-{uuid.uuid4().hex[:8]}"
     processes = [ProviderSlots(db, namespace, size=3) for db in dbs]
@@ -128,7 +133,7 @@ async def _locks_held(db: Database, slots: ProviderSlots) -> tuple[int, int]:
 
 
 async def test_each_acquire_takes_exactly_one_slot_lock(dbs: list[Database]) -> None:
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
+    slots = _slots(dbs[0], 3)
     holds = [slots.hold(100 + i) for i in range(3)]
     for hold in holds:
         assert await hold.__aenter__()
@@ -143,7 +148,7 @@ async def test_each_acquire_takes_exactly_one_slot_lock(dbs: list[Database]) -> 
 async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
     dbs: list[Database],
 ) -> None:
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
+    slots = _slots(dbs[0], 2)
     await slots.connect()
 
     async def hold() -> None:
@@ -170,7 +175,7 @@ async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
 async def test_slots_freed_and_wanted_at_the_same_time_change_hands(
     dbs: list[Database],
 ) -> None:
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    slots = _slots(dbs[0], 4)
     first = [slots.hold(i) for i in range(4)]
     for hold in first:
         assert await hold.__aenter__()
@@ -206,7 +211,7 @@ async def test_a_running_count_is_reused_only_while_younger_than_the_age_asked_f
 async def test_releases_queued_behind_another_go_out_together_and_free_every_lock(
     dbs: list[Database],
 ) -> None:
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=6)
+    slots = _slots(dbs[0], 6)
     holds = [slots.hold(200 + i) for i in range(6)]
     for hold in holds:
         assert await hold.__aenter__()
@@ -224,7 +229,7 @@ async def test_releases_queued_behind_another_go_out_together_and_free_every_loc
 async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_each(
     dbs: list[Database],
 ) -> None:
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    slots = _slots(dbs[0], 4)
     await slots.connect()
     assert slots._keeper is not None
     sent: list[str] = []
@@ -249,7 +254,7 @@ async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_eac
 async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
     dbs: list[Database],
 ) -> None:
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    slots = _slots(dbs[0], 4)
     await slots.connect()
     holds = [slots.hold(400 + i) for i in range(3)]
     tasks = [asyncio.create_task(hold.__aenter__()) for hold in holds]
@@ -279,8 +284,9 @@ async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
 async def _task(db: Database, image_count: int = 2) -> tuple[TaskRow, list[ImageRow]]:
     repo = Repository(db)
     new = NewTask(f"t-{uuid.uuid4().hex[:12]}", "u-1", "a cat", image_count=image_count)
+    ids = await repo.image_ids(image_count)
     async with repo.autocommit() as tx:
-        inserted = await tx.insert_task(new, lambda task, images: [])
+        inserted = await tx.insert_task(new, lambda task, images: [], ids)
     assert inserted is not None
     return inserted
 
@@ -299,7 +305,7 @@ async def test_winning_a_live_image_marks_its_submit_and_reads_the_rows_as_they_
     dbs: list[Database],
 ) -> None:
     task, images = await _task(dbs[0])
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
+    slots = _slots(dbs[0], 2)
     first = images[0]
     async with slots.hold(first.id, (task.id, first.dispatch)) as claim:
         assert claim is not None
@@ -319,7 +325,7 @@ async def test_an_image_that_will_not_be_submitted_is_held_and_read_without_a_ma
     dbs: list[Database],
 ) -> None:
     task, (stale, polled, stored) = await _task(dbs[0], image_count=3)
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=3)
+    slots = _slots(dbs[0], 3)
     await slots.record_provider_task(polled.id, "provider-task-1")
     async with Repository(dbs[0]).autocommit() as tx:
         current = await tx.transition(task, Trigger.START)
@@ -343,7 +349,7 @@ async def test_an_image_of_an_ended_task_is_held_and_read_without_a_mark(
     task, images = await _task(dbs[0])
     async with Repository(dbs[0]).autocommit() as tx:
         assert await tx.transition(task, Trigger.CANCEL) is not None
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=2)
+    slots = _slots(dbs[0], 2)
     async with slots.hold(images[0].id, (task.id, images[0].dispatch)) as claim:
         assert claim is not None and claim.task is not None
         assert claim.task.status is TaskStatus.CANCELLED
@@ -353,7 +359,7 @@ async def test_an_image_of_an_ended_task_is_held_and_read_without_a_mark(
 
 async def test_a_try_that_finds_no_free_slot_marks_nothing(dbs: list[Database]) -> None:
     task, (first, second) = await _task(dbs[0])
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    slots = _slots(dbs[0], 1)
     async with slots.hold(first.id, (task.id, first.dispatch)):
         waiting = slots.hold(second.id, (task.id, second.dispatch))
         with pytest.raises(TimeoutError):
@@ -380,7 +386,7 @@ async def test_a_recorded_provider_task_counts_as_a_submit_and_clears_its_mark(
     dbs: list[Database],
 ) -> None:
     task, images = await _task(dbs[0], image_count=1)
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    slots = _slots(dbs[0], 1)
     async with slots.hold(images[0].id, (task.id, images[0].dispatch)):
         assert await _provider_task(dbs[1], images[0].id) == (None, 0, True)
         await slots.record_provider_task(images[0].id, "provider-task-1")
@@ -392,7 +398,7 @@ async def test_provider_task_ids_queued_behind_another_call_go_out_together(
     dbs: list[Database],
 ) -> None:
     _, images = await _task(dbs[0], image_count=4)
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=4)
+    slots = _slots(dbs[0], 4)
     await slots.connect()
     assert slots._keeper is not None
     sent: list[str] = []
@@ -408,7 +414,7 @@ async def test_a_provider_task_id_is_recorded_on_a_new_keeper_after_the_old_one_
     dbs: list[Database],
 ) -> None:
     _, images = await _task(dbs[0], image_count=1)
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    slots = _slots(dbs[0], 1)
     await slots.connect()
     assert slots._keeper is not None
     slots._keeper.terminate()
@@ -422,7 +428,7 @@ async def test_a_provider_task_id_the_database_refuses_is_an_error_not_a_retry(
     dbs: list[Database],
 ) -> None:
     _, images = await _task(dbs[0], image_count=1)
-    slots = ProviderSlots(dbs[0], f"slots-{uuid.uuid4().hex[:8]}", size=1)
+    slots = _slots(dbs[0], 1)
     with pytest.raises(RepositoryError) as raised:
         await slots.record_provider_task(images[0].id, "x" * 200)
     assert not isinstance(raised.value, DatabaseUnavailable), "retrying cannot help"

@@ -34,8 +34,10 @@ def _silent(task: TaskRow, images: list[ImageRow]) -> list[Outgoing]:
 
 
 async def _create(repo: Repository, **kw: object) -> TaskRow:
+    new = _new(**kw)
+    ids = await repo.image_ids(new.image_count)
     async with repo.autocommit() as tx:
-        inserted = await tx.insert_task(_new(**kw), _silent)
+        inserted = await tx.insert_task(new, _silent, ids)
     assert inserted is not None
     return inserted[0]
 
@@ -67,8 +69,9 @@ async def test_image_ids_are_drawn_ahead_in_batches_and_never_handed_out_twice(
 
 async def test_inserting_the_same_task_id_twice_keeps_the_first(repo: Repository) -> None:
     task = await _create(repo)
+    ids = await repo.image_ids(task.image_count)
     async with repo.autocommit() as tx:
-        assert await tx.insert_task(_new(id=task.id, prompt="other"), _silent) is None
+        assert await tx.insert_task(_new(id=task.id, prompt="other"), _silent, ids) is None
     found = await repo.get_task(task.id)
     assert found is not None and found[0].prompt == "a cat"
 
@@ -239,7 +242,8 @@ async def test_a_new_task_is_written_with_the_image_rows_and_messages_it_was_ann
             announced.extend(_announce(task, images))
             return announced
 
-        inserted = await tx.insert_task(_new(image_count=3, meta={"k": "v"}), announce)
+        new = _new(image_count=3, meta={"k": "v"})
+        inserted = await tx.insert_task(new, announce, await repo.image_ids(new.image_count))
         assert inserted is not None
         task, images = inserted
         stored_task, stored_images = await tx.get_task_with_images(task.id)
@@ -251,8 +255,9 @@ async def test_a_new_task_is_written_with_the_image_rows_and_messages_it_was_ann
 
 async def test_creating_a_taken_task_id_queues_no_messages(repo: Repository) -> None:
     task = await _create(repo)
+    ids = await repo.image_ids(task.image_count)
     async with _rolled_back(repo) as tx:
-        assert await tx.insert_task(_new(id=task.id, prompt="other"), _announce) is None
+        assert await tx.insert_task(_new(id=task.id, prompt="other"), _announce, ids) is None
         assert await _outbox_ids(tx, task.id) == []
         _, images = await tx.get_task_with_images(task.id)
         assert len(images) == task.image_count
