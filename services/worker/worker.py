@@ -20,7 +20,7 @@ from services import metrics
 from services.broker.errors import Drop, Reject
 from services.config import Settings
 from services.db.errors import DatabaseUnavailable, LostRace
-from services.db.locks import Claim, ProviderSlots
+from services.db.locks import ProviderSlots
 from services.db.pacing import SubmitPacer
 from services.db.repository import Repository, Tx
 from services.db.rows import ImageRow, TaskRow, planned
@@ -106,42 +106,63 @@ class ImageWorker:
                 raise Drop(f"image {msg.task_id}/{msg.index} is held by another worker")
             try:
                 with self.views.of(msg.task_id) as view:
-                    task, image, images = await self._begin(msg, claim, view)
+                    # The rows the claim read as it marked the submit as going out: the
+                    # image as first read, and the store's first guess of the task.
+                    task, image = self._live(msg, claim.task, _at(claim.images, msg.index))
                     log.info("image started", action="image_started", **fields)
-                    failure: ProviderError | None = None
-                    try:
-                        url = await self._generate(task, image)
-                    except ProviderError as exc:
-                        failure = exc
-                    # The provider is done with the image: its slot can serve the next
-                    # while this one is recorded, under the image lock alone.
-                    self.slots.free_slot(msg.image_id)
-                    if failure is not None:
-                        await self._failed(msg, image, failure)
+                    task, outcome = await self._attempt(msg, task, image, claim.images, view)
+                    if isinstance(outcome, ProviderError):
+                        await self._failed(msg, image, outcome)
                         return
-                    await self._store(msg, url, task, image, images, view)
+                    await self._store(msg, outcome, task, image, claim.images, view)
             finally:
                 log.info("slot freed", action="slot_freed", **fields)
 
-    async def _begin(
-        self, msg: ImageMessage, claim: Claim, view: TaskView
-    ) -> tuple[TaskRow, ImageRow, list[ImageRow]]:
-        """Check the message is still live and, for a task's first image, start the task.
-        The rows are those the claim on the image and a slot read, as it marked a submit
-        as going out (``_generate``). The start is a compare-and-set written with its
-        event; a task's images usually try it together, in this process by turns
-        (``view``). Returns the image as first read and the task's images, the store's
-        first guess of the task's state."""
-        task, images = claim.task, claim.images
-        task, image = self._live(msg, task, _at(images, msg.index))
-        if task.status is not TaskStatus.PENDING:
-            return task, image, images
+    async def _attempt(
+        self,
+        msg: ImageMessage,
+        task: TaskRow,
+        image: ImageRow,
+        images: list[ImageRow],
+        view: TaskView,
+    ) -> tuple[TaskRow, str | ProviderError]:
+        """Generate the image, starting a PENDING task meanwhile: the start need not hold
+        the submit back, and what follows the provider's answer (the store, a retry)
+        waits for it, without the slot. Returns the task as the start left it, and the
+        image's URL or the provider's failure."""
+        starting = None
+        if task.status is TaskStatus.PENDING:
+            starting = asyncio.ensure_future(self._start(msg, task, image, images, view))
+        outcome: str | ProviderError
+        try:
+            outcome = await self._generate(task, image)
+        except ProviderError as exc:
+            outcome = exc
+        finally:
+            # The provider is done with the image: its slot can serve the next while this
+            # one is recorded, under the image lock alone.
+            self.slots.free_slot(msg.image_id)
+            if starting is not None:
+                task = await starting
+        return task, outcome
+
+    async def _start(
+        self,
+        msg: ImageMessage,
+        task: TaskRow,
+        image: ImageRow,
+        images: list[ImageRow],
+        view: TaskView,
+    ) -> TaskRow:
+        """Start a PENDING task as its first image's submit goes out: a compare-and-set
+        written with its event. A task's images usually try it together, in this process
+        by turns (``view``). Returns the task as the start left it."""
         async with view.turn, self.repo.autocommit() as tx:
-            newest, _ = view.newest(task, images, image)
+            newest, images = view.newest(task, images, image)
             task, _ = self._live(msg, newest, image)
             for _ in range(CAS_TRIES):
                 if task.status is not TaskStatus.PENDING:
-                    return task, image, images
+                    return task
                 started = planned(task, Trigger.START)
                 event = self.events.changed(started, task.status)
                 written, found = await tx.write(task, started, [event])
@@ -207,7 +228,7 @@ class ImageWorker:
 
     @staticmethod
     def _check_unrecorded(task: TaskRow, image: ImageRow) -> None:
-        """A submit is going out, and ``_begin``'s read marked it so. A mark already there
+        """A submit is going out, and the claim's read marked it so. A mark already there
         means an earlier attempt's process died before recording the answer: DashScope has
         no idempotency key, so that submit may have been billed and is counted for review.
         A process that dies after the mark but before its submit leaves one too: counting
@@ -275,9 +296,9 @@ class ImageWorker:
         view: TaskView,
     ) -> None:
         """Store the image's URL, and finish the task with its last image. The first try
-        writes against the newest task this process knows of (as ``_begin`` read it, or as
-        another of its images left it), saving a read; a write that loses the race returns
-        the task as the winner left it."""
+        writes against the newest task this process knows of (as the claim read it or the
+        start left it, or as another of its images left it), saving a read; a write that
+        loses the race returns the task as the winner left it."""
         async with view.turn, self.repo.autocommit() as tx:
             newest, images = view.newest(task, images, own)
             found: TaskRow | None = newest

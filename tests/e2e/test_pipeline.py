@@ -314,3 +314,40 @@ async def test_a_provider_slot_goes_back_once_the_image_is_generated_before_it_i
         assert (slots, image) == (0, 1), "the slot is free while the image, still held, waits"
         assert bus.types(task_id)[-1] == "task.status.generating_images", "not stored yet"
     assert (await bus.final(task_id))["event_type"] == "task.status.images_ready"
+
+
+async def test_a_task_start_holds_back_no_submit_and_the_events_keep_their_order(
+    bus: Bus, service: Wiring, sim: RunningSimulator, db: Database
+) -> None:
+    slot_class, _ = lock_classes(service.settings.namespace)
+    prompt = _prompt("start beside the submits")
+    slots = await db.connect()  # a session of its own: closing it gives the slots back
+    try:
+        # Every provider slot taken, so no image is claimed before the task row is locked.
+        await slots.execute(
+            "SELECT pg_advisory_lock($1, s) FROM generate_series(0, $2 - 1) s",
+            slot_class,
+            service.settings.max_concurrent,
+        )
+        task_id = await bus.create(prompt)
+        await bus.wait_for(task_id, "task.status.pending")
+        async with db.checkout() as conn, conn.transaction():
+            # The start must write the task row: locking it holds the start back.
+            await conn.execute("SELECT FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+            await slots.execute("SELECT pg_advisory_unlock_all()")
+            for _ in range(250):
+                if sim.sim.stats.submits_by_prompt.get(prompt) == 4:
+                    break
+                await asyncio.sleep(0.02)
+            assert sim.sim.stats.submits_by_prompt.get(prompt) == 4, "every submit went out"
+            status = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", task_id)
+            assert status == "PENDING" and bus.types(task_id) == ["task.status.pending"]
+    finally:
+        await slots.close()
+    assert (await bus.final(task_id))["event_type"] == "task.status.images_ready"
+    assert bus.types(task_id) == [
+        "task.status.pending",
+        "task.status.generating_images",
+        *["task.image.ready"] * 4,
+        "task.status.images_ready",
+    ]
