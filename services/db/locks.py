@@ -31,9 +31,13 @@ from typing import Any
 from services import metrics
 from services.db.engine import Database, Driver
 from services.db.errors import DatabaseUnavailable, RepositoryError, is_unavailable, translated
-from services.db.repository import JOINED_COLUMNS, MARK_SUBMITS, RECORD_PROVIDER_TASKS
+from services.db.repository import (
+    ACTIVE_VALUES,
+    JOINED_COLUMNS,
+    MARK_SUBMITS,
+    RECORD_PROVIDER_TASKS,
+)
 from services.db.rows import ImageRow, TaskRow, split_joined
-from statemachine import ACTIVE_STATUSES
 
 # One round trip: for each image, a free slot (not one this process holds), then the image
 # (migrations 0002 and 0005); for each image won, its submit marked and its task read.
@@ -46,7 +50,6 @@ _CLAIM = (
     " LEFT JOIN tasks t ON w.slot >= 0 AND t.id = w.task_id"
     ' LEFT JOIN task_images i ON i.task_id = t.id ORDER BY w.n, i."index"'
 )
-_ACTIVE = [s.value for s in ACTIVE_STATUSES]
 KEEPER_SESSION = {"plan_cache_mode": "force_custom_plan"}
 """The keeper plans each call afresh. Its statements look images up by the ids they carry,
 and a plan kept for good while the tables were nearly empty (on a new database, and on one
@@ -155,7 +158,7 @@ class ProviderSlots:
         image otherwise)."""
         async with self._session() as keeper:
             await keeper.fetch(
-                _CLAIM, self.slot_class, 0, 0, [], self.image_class, [0], [None], [0], _ACTIVE
+                _CLAIM, self.slot_class, 0, 0, [], self.image_class, [0], [None], [0], ACTIVE_VALUES
             )
 
     @asynccontextmanager
@@ -260,7 +263,7 @@ class ProviderSlots:
             list(wanted),
             [task_id for task_id, _ in begins],
             [dispatch for _, dispatch in begins],
-            _ACTIVE,
+            ACTIVE_VALUES,
         )
         claims = [list(group) for _, group in groupby(rows, key=lambda r: r["claim_n"])]
         for (image_id, (_, answer)), found in zip(wanted.items(), claims, strict=True):

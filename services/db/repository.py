@@ -113,7 +113,8 @@ _STALE_IMAGES = (
     " AND i.updated_at < now() - make_interval(secs => $2)"
     " ORDER BY i.updated_at LIMIT $3"
 )
-_ACTIVE = [s.value for s in ACTIVE_STATUSES]
+ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
+"""The active statuses as the statements take them (``MARK_SUBMITS``'s $9 among them)."""
 
 
 def _json(value: dict[str, Any] | None) -> str | None:
@@ -413,5 +414,5 @@ class Repository:
     async def stale_images(self, older_than_s: float, limit: int = 500) -> list[ImageRow]:
         """Unstored images of active tasks that nothing has touched for ``older_than_s``."""
         async with self.autocommit() as tx:
-            rows = await tx.conn.fetch(_STALE_IMAGES, _ACTIVE, older_than_s, limit)
+            rows = await tx.conn.fetch(_STALE_IMAGES, ACTIVE_VALUES, older_than_s, limit)
         return [ImageRow.of(r) for r in rows]
