@@ -79,3 +79,15 @@ async def test_a_session_the_server_ends_mid_block_is_unavailable_not_an_interna
             assert await conn.fetchval("SELECT pg_backend_pid()") != pid
     finally:
         await killer.close()
+
+
+async def test_a_new_connection_binds_id_arrays_without_asking_the_server_for_their_types(
+    pool_of_one: Database,
+) -> None:
+    # Otherwise the first message each connection serves waits for asyncpg's type
+    # introspection query (10-20 ms on a fresh server process).
+    queries: list[str] = []
+    async with pool_of_one.checkout() as conn:
+        conn.add_query_logger(lambda record: queries.append(record.query))
+        await conn.fetchval("SELECT cardinality($1::int[]) + cardinality($2::bigint[])", [1], [2])
+    assert queries == ["SELECT cardinality($1::int[]) + cardinality($2::bigint[])"]
