@@ -48,8 +48,12 @@ def _table(rows: list[dict[str, Any]]) -> str:
         return ""
     keys = list(rows[0])
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
-    lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
+    lines += ["| " + " | ".join(_cell(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _section(title: str, rows: list[dict[str, Any]], footer: str) -> list[str]:
@@ -74,7 +78,8 @@ def markdown(data: dict[str, Any]) -> str:
         out += _section(
             "1. Throughput (zero provider latency, limits lifted)",
             t["rows"],
-            f"Targets: {t['targets']}.",
+            "Each row is the median of interleaved project/floor pairs by ratio; the `pairs_`"
+            f" columns give every pair in run order. Targets: {t['targets']}.",
         )
         if "cpu_ms_per_image" in t:
             out += _section(
