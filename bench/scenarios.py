@@ -28,6 +28,10 @@ percent within minutes, which moves the two systems of a pair together but not r
 apart: the median pair is reported, every pair's ratio beside it."""
 
 
+def _ratio(pair: tuple[runners.Run, runners.Run]) -> float:
+    return pair[0].images_per_s / pair[1].images_per_s
+
+
 async def throughput(smoke: bool) -> dict[str, Any]:
     """2,000 tasks x 4 images, zero provider latency, limits lifted: images/s for 1 and 2
     worker processes against the floor with as many consumer processes."""
@@ -44,8 +48,7 @@ async def throughput(smoke: bool) -> dict[str, Any]:
             log(f"throughput, pair {n + 1}: floor, {processes} consumer process(es)")
             base = await runners.floor(count, consumers=processes)
             pairs.append((ours, base))
-        ratios = [ours.images_per_s / base.images_per_s for ours, base in pairs]
-        ours, base = pairs[ratios.index(sorted(ratios)[len(ratios) // 2])]
+        ours, base = sorted(pairs, key=_ratio)[len(pairs) // 2]
         rows.append(
             {
                 "processes": processes,
@@ -57,7 +60,7 @@ async def throughput(smoke: bool) -> dict[str, Any]:
                 "images_stored": ours.images_stored,
                 "billed": ours.billed,
                 "pairs_project_images_per_s": [round(o.images_per_s, 1) for o, _ in pairs],
-                "pairs_ratio_to_floor": [round(r, 3) for r in ratios],
+                "pairs_ratio_to_floor": [round(_ratio(pair), 3) for pair in pairs],
             }
         )
         breakdown[str(processes)] = {
