@@ -207,7 +207,7 @@ class Watcher:
             event = json.loads(message.body)
             kind = str(event.get("event_type"))
             watcher.counts[kind] = watcher.counts.get(kind, 0) + 1
-            if kind in FINAL_EVENTS:
+            if kind in FINAL_EVENTS or event.get("final") is True:
                 watcher.finished.setdefault(str(event["task_id"]), (now, kind))
             watcher.changed.set()
             await message.ack()
@@ -236,19 +236,21 @@ async def publish(
     bodies: list[dict[str, Any]],
     watcher: Watcher | None = None,
     rate_per_s: float | None = None,
+    group: int = 1,
 ) -> None:
-    """Publish persistent JSON messages with confirms, in batches, optionally paced."""
+    """Publish persistent JSON messages with confirms, in batches, optionally paced at
+    ``rate_per_s`` groups of ``group`` messages (a task's image messages, for the floor)."""
     target = channel.default_exchange if exchange == "" else await channel.get_exchange(exchange)
     started = time.monotonic()
-    batch = 200 if rate_per_s is None else 1
+    batch = 200 if rate_per_s is None else group
     for offset in range(0, len(bodies), batch):
         chunk = bodies[offset : offset + batch]
         if rate_per_s is not None:
-            await asyncio.sleep(max(0.0, started + offset / rate_per_s - time.monotonic()))
+            await asyncio.sleep(max(0.0, started + offset / group / rate_per_s - time.monotonic()))
         now = time.monotonic()
         if watcher is not None:
             for body in chunk:
-                watcher.published[str(body.get("task_id"))] = now
+                watcher.published.setdefault(str(body.get("task_id")), now)
         await asyncio.gather(
             *(
                 target.publish(

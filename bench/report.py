@@ -104,12 +104,17 @@ def markdown(data: dict[str, Any]) -> str:
             f"Makespan ratio (original / project): {s['makespan_ratio']}. Targets: {s['targets']}.",
         )
     if "latency" in results:
-        lat = dict(results["latency"])
-        targets = lat.pop("targets")
+        lat = results["latency"]
+        rows = [
+            {"system": k, "offered_tasks_per_s": lat["offered_tasks_per_s"], **v}
+            for k, v in lat.items()
+            if isinstance(v, dict) and k != "targets"
+        ]
         out += _section(
             "4. Latency overhead (half of scenario 1's throughput, zero provider latency)",
-            [lat],
-            f"Targets: {targets}.",
+            rows,
+            f"Ratio to the floor: p50 {lat['p50_ratio_to_floor']}, p99"
+            f" {lat['p99_ratio_to_floor']}. Targets (project): {lat['targets']}.",
         )
     if "memory" in results:
         m = results["memory"]

@@ -101,16 +101,19 @@ async def _wait(watcher: Watcher, expected: int, seconds: float) -> bool:
     return await watcher.until(lambda: len(watcher.finished) >= expected, seconds)
 
 
+def _latencies(watcher: Watcher) -> list[float]:
+    """Each finished task's time from its publish to its final event, in publish order."""
+    return [
+        watcher.finished[t][0] - p for t, p in watcher.published.items() if t in watcher.finished
+    ]
+
+
 def _timing(run: Run, watcher: Watcher) -> None:
     if watcher.published and watcher.finished:
         first = min(watcher.published.values())
         last = max(t for t, _ in watcher.finished.values())
         run.seconds = last - first
-        run.latencies_s = [
-            watcher.finished[t][0] - p
-            for t, p in watcher.published.items()
-            if t in watcher.finished
-        ]
+        run.latencies_s = _latencies(watcher)
     run.tasks_failed = sum(
         1 for _, kind in watcher.finished.values() if kind != "task.status.images_ready"
     )
@@ -170,8 +173,15 @@ async def project(
 
 
 async def floor(
-    count: int, *, consumers: int = 1, image_count: int = 4, seconds: float = 600
+    count: int,
+    *,
+    consumers: int = 1,
+    image_count: int = 4,
+    seconds: float = 600,
+    rate_per_s: float | None = None,
 ) -> Run:
+    """The floor on ``count`` tasks' image messages; with ``rate_per_s``, a task's messages
+    go out together, so many tasks a second, and each task is timed to its last event."""
     stage = await Stage.open("floor")
     run = Run("floor", consumers, count, count * image_count)
     queue = floor_baseline.queue_name(stage.namespace)
@@ -187,18 +197,19 @@ async def floor(
             await stage.connection.channel(), stage.namespace, keys=[floor_baseline.EVENT]
         )
         messages = [
-            {"task_id": t["task_id"], "index": i}
+            {"task_id": t["task_id"], "index": i, "image_count": image_count}
             for t in tasks(count, "floor", image_count)
             for i in range(image_count)
         ]
         cpu_before = cpu_by_name(stage.processes)
         first = time.monotonic()
-        await publish(channel, "", queue, messages)
+        await publish(channel, "", queue, messages, watcher, rate_per_s, group=image_count)
         expected = len(messages)
         run.finished = await watcher.until(
             lambda: watcher.counts.get(floor_baseline.EVENT, 0) >= expected, seconds
         )
         run.seconds = time.monotonic() - first
+        run.latencies_s = _latencies(watcher)
         run.measure_cpu(cpu_before, cpu_by_name(stage.processes), _names(stage, procs))
         run.images_stored = await _count(stage, "SELECT count(*) FROM floor_images")
     finally:

@@ -60,7 +60,9 @@ async def main() -> None:
                 "DO UPDATE SET stored = floor_tasks.stored + 1 RETURNING stored",
                 body["task_id"],
             )
-        event = {"event_type": EVENT, "task_id": body["task_id"], "stored": stored}
+        # "final" on a task's last image: the latency scenario times tasks by it.
+        final = stored == body["image_count"]
+        event = {"event_type": EVENT, "task_id": body["task_id"], "stored": stored, "final": final}
         await status.publish(
             aio_pika.Message(json.dumps(event).encode(), delivery_mode=DeliveryMode.PERSISTENT),
             routing_key=EVENT,
