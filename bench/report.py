@@ -130,7 +130,7 @@ def markdown(data: dict[str, Any]) -> str:
         out += _section(
             "5. Memory under backlog (one worker draining)",
             rows,
-            f"Targets: {m['targets']}, flat across backlog sizes.",
+            f"Targets (the project's processes): {m['targets']}, flat across backlog sizes.",
         )
     if data.get("notes"):
         out += ["## Notes", "", *data["notes"], ""]

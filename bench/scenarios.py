@@ -11,6 +11,7 @@ import asyncpg
 from sqlalchemy.engine import make_url
 
 from bench import runners
+from bench.baselines import original as original_baseline
 from bench.harness import RssSampler, Stage, log, percentile, publish, tasks
 from services.broker.topology import Topology, queue_counts
 
@@ -205,14 +206,51 @@ async def _backlog_peak(count: int, drain_s: float) -> dict[str, float]:
         await stage.close()
 
 
+ORIGINAL = "original (baseline)"
+
+
+async def _original_backlog_peak(count: int, drain_s: float) -> dict[str, float]:
+    """The original with the same backlog: it takes every task in as it arrives and keeps
+    it in memory until admitted."""
+    stage = await Stage.open("memory-original")
+    queue = original_baseline.queue_name(stage.namespace)
+    try:
+        await stage.start_simulator(latency=0.2)
+        process = stage.spawn(
+            "original", ["-m", "bench.baselines.original"], stage.env(max_concurrent=2)
+        )
+        await stage.wait_consumers(queue, 1)
+        rss = RssSampler({ORIGINAL: process})
+        rss.start()
+        assert stage.connection is not None
+        channel = await stage.connection.channel(publisher_confirms=True)
+        await publish(channel, "", queue, tasks(count, "backlog"))
+        url = make_url(stage.database_url).set(drivername="postgresql")
+        conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+        deadline = time.monotonic() + 1800
+        while time.monotonic() < deadline:  # wait until it has taken the whole backlog in
+            if await conn.fetchval("SELECT count(*) FROM orig_tasks") >= count:
+                break
+            await asyncio.sleep(1)
+        await conn.close()
+        await asyncio.sleep(drain_s)
+        return await rss.stop()
+    finally:
+        await stage.close([queue])
+
+
 async def memory(smoke: bool) -> dict[str, Any]:
-    """Peak RSS per process with a small and a large backlog queued, one worker draining."""
+    """Peak RSS per process with a small and a large backlog queued, one worker draining;
+    the original, the baseline, with the same backlogs."""
     small, large = (100, 1000) if smoke else (5000, 50000)
     drain = 2 if smoke else 20
-    log(f"memory: backlog of {small} tasks")
-    low = await _backlog_peak(small, drain)
-    log(f"memory: backlog of {large} tasks")
-    high = await _backlog_peak(large, drain)
+    low: dict[str, float] = {}
+    high: dict[str, float] = {}
+    for count, peaks in ((small, low), (large, high)):
+        log(f"memory: project, backlog of {count} tasks")
+        peaks |= await _backlog_peak(count, drain)
+        log(f"memory: original, backlog of {count} tasks")
+        peaks |= await _original_backlog_peak(count, drain)
     return {
         "backlogs": [small, large],
         "peak_rss_mb_small": low,
