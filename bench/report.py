@@ -130,7 +130,10 @@ def markdown(data: dict[str, Any]) -> str:
         out += _section(
             "5. Memory under backlog (one worker draining)",
             rows,
-            f"Targets (the project's processes): {m['targets']}, flat across backlog sizes.",
+            "The original took in "
+            + " and ".join(map(str, m["original_tasks_taken_in"]))
+            + " of the backlogs' tasks in the time it had. Targets (the project's processes):"
+            + f" {m['targets']}, flat across backlog sizes.",
         )
     if data.get("notes"):
         out += ["## Notes", "", *data["notes"], ""]
