@@ -19,6 +19,13 @@ PROVIDER_CALLS = Counter(
     "Provider calls, by call, outcome and code",
     ["call", "outcome", "code"],
 )
+PROVIDER_SECONDS = Histogram(
+    "imagegen_provider_call_seconds",
+    "Time inside provider calls that answered: a submit, or the wait for a provider task to"
+    " end (its polls and the pauses between them)",
+    ["call"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
 UNRECORDED_SUBMITS = Counter(
     "imagegen_submits_unrecorded_total",
     "Submits whose outcome was never recorded (a crash or an ambiguous timeout): each may"

@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Identity,
     Index,
@@ -98,6 +99,9 @@ class TaskImage(Base):
     unrecorded_submits: Mapped[int] = mapped_column(SmallInteger, server_default="0")
     """Submits that may have been billed without their task id ever being recorded."""
     last_error: Mapped[str | None] = mapped_column(Text)
+    provider_seconds: Mapped[float | None] = mapped_column(Float)
+    """Time the attempt that stored the image spent inside provider calls (its submit,
+    if it made one, and the wait for the provider task)."""
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 

@@ -289,10 +289,11 @@ class Tx:
         after: TaskRow,
         outgoing: Sequence[Outgoing] = (),
         *,
-        store: tuple[ImageRow, str] | None = None,
+        store: ImageRow | None = None,
     ) -> tuple[bool, TaskRow | None]:
         """Turn ``before`` into ``after`` if nobody changed the task meanwhile, in one
-        statement with the messages that announce it and, with ``store``, the image's URL.
+        statement with the messages that announce it and, with ``store`` (the image as
+        stored: its URL and provider time set), the image.
 
         A single statement is atomic by itself, so this needs no transaction around it:
         the messages are built from ``after`` before the write, because a compare-and-set
@@ -319,17 +320,16 @@ class Tx:
         where = _CAS
         ctes = []
         if store is not None:
-            image, url = store
-            image_id = arg(image.id)
+            image_id = arg(store.id)
             # The worker holds the image's lock, so this only guards against a bug.
             where += (
                 f" AND EXISTS (SELECT 1 FROM task_images WHERE id = {image_id}"
-                f" AND url IS NULL AND dispatch = {arg(image.dispatch)})"
+                f" AND url IS NULL AND dispatch = {arg(store.dispatch)})"
             )
             ctes.append(
-                f"stored AS (UPDATE task_images SET url = {arg(url)}, stored_at = now(),"
-                f" updated_at = now(), last_error = NULL"
-                f" WHERE id = {image_id} AND EXISTS (SELECT 1 FROM t))"
+                f"stored AS (UPDATE task_images SET url = {arg(store.url)}, stored_at = now(),"
+                f" provider_seconds = {arg(store.provider_seconds)}, updated_at = now(),"
+                f" last_error = NULL WHERE id = {image_id} AND EXISTS (SELECT 1 FROM t))"
             )
         ctes += _outbox_cte(outgoing, args)
         update = f"UPDATE tasks SET {', '.join(sets)} {where} RETURNING *"

@@ -71,6 +71,7 @@ class ImageRow:
     last_error: str | None
     submit_started_at: datetime | None = None
     unrecorded_submits: int = 0
+    provider_seconds: float | None = None
 
     @classmethod
     def of(cls, mapping: Mapping[str, Any] | RowMapping) -> ImageRow:

@@ -43,6 +43,13 @@ CAS_TRIES = 50
 
 
 @dataclass(frozen=True)
+class Generated:
+    url: str
+    provider_s: float
+    """Time inside provider calls: the submit, if one went out, and the wait."""
+
+
+@dataclass(frozen=True)
 class ImageMessage:
     task_id: str
     index: int
@@ -125,15 +132,15 @@ class ImageWorker:
         image: ImageRow,
         images: list[ImageRow],
         view: TaskView,
-    ) -> tuple[TaskRow, str | ProviderError]:
+    ) -> tuple[TaskRow, Generated | ProviderError]:
         """Generate the image, starting a PENDING task meanwhile: the start need not hold
         the submit back, and what follows the provider's answer (the store, a retry)
         waits for it, without the slot. Returns the task as the start left it, and the
-        image's URL or the provider's failure."""
+        image or the provider's failure."""
         starting = None
         if task.status is TaskStatus.PENDING:
             starting = asyncio.ensure_future(self._start(msg, task, image, images, view))
-        outcome: str | ProviderError
+        outcome: Generated | ProviderError
         try:
             outcome = await self._generate(task, image)
         except ProviderError as exc:
@@ -188,9 +195,10 @@ class ImageWorker:
             raise Drop(f"stale message for {task.id}/{msg.index} (dispatch {msg.dispatch})")
         return task, image
 
-    async def _generate(self, task: TaskRow, image: ImageRow) -> str:
+    async def _generate(self, task: TaskRow, image: ImageRow) -> Generated:
         provider_task_id = image.provider_task_id
         submitted_at: float | None = None
+        provider_s = 0.0
         if provider_task_id is None:
             self._check_unrecorded(task, image)
             await self.pacer.wait()
@@ -209,6 +217,8 @@ class ImageWorker:
                     )
                 raise
             metrics.PROVIDER_CALLS.labels("submit", "ok", "").inc()
+            provider_s = time.monotonic() - submitted_at
+            metrics.PROVIDER_SECONDS.labels("submit").observe(provider_s)
             provider_task_id = submitted.task_id
             await self._remember(image, provider_task_id)
         else:
@@ -219,12 +229,15 @@ class ImageWorker:
                 image_index=image.index,
                 provider_task_id=provider_task_id,
             )
+        waited_at = time.monotonic()
         result = await self.client.wait(
             provider_task_id,
             submitted_at=submitted_at,
             on_poll=self._watch(task.id, provider_task_id),
         )
-        return self._url_of(result)
+        waited_s = time.monotonic() - waited_at
+        metrics.PROVIDER_SECONDS.labels("wait").observe(waited_s)
+        return Generated(self._url_of(result), provider_s + waited_s)
 
     @staticmethod
     def _check_unrecorded(task: TaskRow, image: ImageRow) -> None:
@@ -289,7 +302,7 @@ class ImageWorker:
     async def _store(
         self,
         msg: ImageMessage,
-        url: str,
+        generated: Generated,
         task: TaskRow,
         own: ImageRow,
         images: list[ImageRow],
@@ -310,7 +323,9 @@ class ImageWorker:
                     raise Drop(f"image {msg.task_id}/{msg.index} was stored meanwhile")
                 if found.status is not TaskStatus.GENERATING_IMAGES:
                     raise Drop(f"task {found.id} is {found.status.value}; the image is not stored")
-                stored = replace(image, url=url)
+                stored = replace(
+                    image, url=generated.url, provider_seconds=round(generated.provider_s, 6)
+                )
                 done = [stored if i.index == msg.index else i for i in images]
                 row = planned(found, Trigger.STORE_IMAGE, stored_now=1)
                 outgoing = [self.events.image_ready(replace(row, status=found.status), stored)]
@@ -323,7 +338,7 @@ class ImageWorker:
                     outgoing.append(self.events.changed(row, found.status, images=done))
                 # Another image of the task may be stored meanwhile (they finish close
                 # together): then nothing is written, and the next pass tries on what it left.
-                written, found = await tx.write(found, row, outgoing, store=(image, url))
+                written, found = await tx.write(found, row, outgoing, store=stored)
                 if written:
                     view.saw(found, done)
                     break

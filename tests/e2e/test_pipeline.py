@@ -50,6 +50,21 @@ async def test_a_task_goes_from_pending_to_images_ready_with_every_event_in_vers
     assert stats.submits_by_prompt[prompt] == 4 and stats.billed_by_prompt[prompt] == 4
 
 
+async def test_each_stored_image_records_its_time_inside_provider_calls(
+    bus: Bus, service_repo: Repository, sim: RunningSimulator
+) -> None:
+    sim.sim.configure({"latency_s": 0.3})
+    started = asyncio.get_running_loop().time()
+    task_id = await bus.create(_prompt("timed"), image_count=2)
+    assert (await bus.final(task_id))["event_type"] == "task.status.images_ready"
+    took = asyncio.get_running_loop().time() - started
+
+    found = await service_repo.get_task(task_id)
+    assert found is not None
+    seconds = [i.provider_seconds for i in found[1]]
+    assert all(s is not None and 0.3 <= s < took for s in seconds), seconds
+
+
 def _write_conflicts() -> float:
     return sum(
         REGISTRY.get_sample_value("imagegen_task_write_conflicts_total", {"write": write}) or 0

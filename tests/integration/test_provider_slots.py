@@ -8,6 +8,7 @@ import asyncio
 import random
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -331,7 +332,7 @@ async def test_an_image_that_will_not_be_submitted_is_held_and_read_without_a_ma
         current = await tx.transition(task, Trigger.START)
         assert current is not None
         after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
-        assert (await tx.write(current, after, [], store=(stored, "https://img/2")))[0]
+        assert (await tx.write(current, after, [], store=replace(stored, url="https://img/2")))[0]
     for image, dispatch in (
         (stale, stale.dispatch + 1),
         (polled, polled.dispatch),

@@ -114,7 +114,7 @@ async def test_the_last_two_images_finishing_together_make_one_images_ready(
                 assert current is not None
                 after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
                 written, row = await tx.write(
-                    current, after, store=(images[index], f"https://img/{index}")
+                    current, after, store=replace(images[index], url=f"https://img/{index}")
                 )
                 if written:
                     assert row is not None
@@ -192,7 +192,7 @@ async def _started(tx: Tx, task: TaskRow) -> tuple[TaskRow, list[ImageRow]]:
     return current, images
 
 
-async def test_a_write_lands_with_its_messages_and_image_url_in_one_statement(
+async def test_a_write_lands_with_its_messages_and_stored_image_in_one_statement(
     repo: Repository,
 ) -> None:
     task = await _create(repo, image_count=2)
@@ -200,11 +200,13 @@ async def test_a_write_lands_with_its_messages_and_image_url_in_one_statement(
         current, images = await _started(tx, task)
         after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
         message = EVENTS.image_ready(after, replace(images[1], url="https://img/1"))
-        written, row = await tx.write(current, after, [message], store=(images[1], "https://img/1"))
+        stored_image = replace(images[1], url="https://img/1", provider_seconds=0.25)
+        written, row = await tx.write(current, after, [message], store=stored_image)
         assert written and row is not None
         assert (row.images_ready, row.version) == (1, current.version + 1)
         _, stored = await tx.get_task_with_images(task.id)
         assert [i.url for i in stored] == [None, "https://img/1"]
+        assert [i.provider_seconds for i in stored] == [None, 0.25]
         assert await _outbox_ids(tx, task.id) == [message.message_id]
 
 
@@ -217,7 +219,9 @@ async def test_a_write_that_loses_the_race_writes_neither_row_nor_url_nor_messag
         assert await tx.touch(stale) is not None  # someone else changes the task
         after = planned(stale, Trigger.STORE_IMAGE, stored_now=1)
         message = EVENTS.image_ready(after, replace(images[0], url="https://img/0"))
-        written, current = await tx.write(stale, after, [message], store=(images[0], "x"))
+        written, current = await tx.write(
+            stale, after, [message], store=replace(images[0], url="x")
+        )
         assert not written
         _, unchanged = await tx.get_task_with_images(task.id)
         assert current is not None, "the loser is handed the task as it is now"
