@@ -113,8 +113,10 @@ def markdown(data: dict[str, Any]) -> str:
         out += _section(
             "4. Latency overhead (half of scenario 1's throughput, zero provider latency)",
             rows,
-            f"Ratio to the floor: p50 {lat['p50_ratio_to_floor']}, p99"
-            f" {lat['p99_ratio_to_floor']}. Targets (project): {lat['targets']}.",
+            "p50/p95/p99: each task's end-to-end time less the time its last image spent"
+            " inside provider calls (the floor has none); e2e_: end to end. Ratio to the"
+            f" floor: p50 {lat['p50_ratio_to_floor']}, p99 {lat['p99_ratio_to_floor']}."
+            f" Targets (project): {lat['targets']}.",
         )
     if "memory" in results:
         m = results["memory"]

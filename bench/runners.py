@@ -42,6 +42,10 @@ class Run:
     billed: int = 0
     peak_running: int = 0
     latencies_s: list[float] = field(default_factory=list, repr=False)
+    overheads_s: list[float] = field(default_factory=list, repr=False)
+    """Each task's end-to-end time less its last image's time inside provider calls (as
+    the worker measured and stored it), in publish order; the same as the latency for a
+    system without a provider."""
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
     cpu_by_process_s: dict[str, float] = field(default_factory=dict, repr=False)
     """CPU seconds of each process during the run, the database and broker servers too."""
@@ -101,19 +105,41 @@ async def _wait(watcher: Watcher, expected: int, seconds: float) -> bool:
     return await watcher.until(lambda: len(watcher.finished) >= expected, seconds)
 
 
-def _latencies(watcher: Watcher) -> list[float]:
-    """Each finished task's time from its publish to its final event, in publish order."""
+def _latencies(watcher: Watcher, less: dict[str, float] | None = None) -> list[float]:
+    """Each finished task's time from its publish to its final event, in publish order;
+    ``less``, by task, the share of it to take away."""
+    less = less or {}
     return [
-        watcher.finished[t][0] - p for t, p in watcher.published.items() if t in watcher.finished
+        watcher.finished[t][0] - p - less.get(t, 0.0)
+        for t, p in watcher.published.items()
+        if t in watcher.finished
     ]
 
 
-def _timing(run: Run, watcher: Watcher) -> None:
+_LAST_IMAGE_PROVIDER_S = (
+    "SELECT DISTINCT ON (task_id) task_id, provider_seconds FROM task_images"
+    " WHERE url IS NOT NULL ORDER BY task_id, stored_at DESC, provider_seconds"
+)
+"""By task, the provider time of the image stored last: the one whose store ended it."""
+
+
+async def _provider_seconds(stage: Stage) -> dict[str, float]:
+    url = make_url(stage.database_url).set(drivername="postgresql")
+    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
+    try:
+        rows = await conn.fetch(_LAST_IMAGE_PROVIDER_S)
+    finally:
+        await conn.close()
+    return {r["task_id"]: r["provider_seconds"] or 0.0 for r in rows}
+
+
+def _timing(run: Run, watcher: Watcher, provider_s: dict[str, float] | None = None) -> None:
     if watcher.published and watcher.finished:
         first = min(watcher.published.values())
         last = max(t for t, _ in watcher.finished.values())
         run.seconds = last - first
         run.latencies_s = _latencies(watcher)
+        run.overheads_s = _latencies(watcher, provider_s) if provider_s else run.latencies_s
     run.tasks_failed = sum(
         1 for _, kind in watcher.finished.values() if kind != "task.status.images_ready"
     )
@@ -160,7 +186,7 @@ async def project(
             log(f"project: only {len(watcher.finished)}/{count} tasks finished")
         run.measure_cpu(cpu_before, cpu_by_name(stage.processes), _names(stage, service))
         run.peak_rss_mb = await rss.stop()
-        _timing(run, watcher)
+        _timing(run, watcher, await _provider_seconds(stage))
         if not run.seconds:
             run.seconds = time.monotonic() - started
         run.images_stored = await _count(
@@ -209,7 +235,7 @@ async def floor(
             lambda: watcher.counts.get(floor_baseline.EVENT, 0) >= expected, seconds
         )
         run.seconds = time.monotonic() - first
-        run.latencies_s = _latencies(watcher)
+        run.latencies_s = run.overheads_s = _latencies(watcher)
         run.measure_cpu(cpu_before, cpu_by_name(stage.processes), _names(stage, procs))
         run.images_stored = await _count(stage, "SELECT count(*) FROM floor_images")
     finally:
