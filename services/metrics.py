@@ -49,18 +49,9 @@ TASK_WRITE_CONFLICTS = Counter(
     "Task writes that lost a compare-and-set to another writer and were tried again, by write",
     ["write"],
 )
-OUTBOX_PUBLISHED = Counter(
-    "imagegen_outbox_published_total",
-    "Outbox rows published, by who: their writer as they commit, or the relay",
-    ["by"],
-)
+OUTBOX_PUBLISHED = Counter("imagegen_outbox_published_total", "Outbox rows published")
 OUTBOX_FAILED = Counter(
-    "imagegen_outbox_publish_failures_total", "Outbox rows that failed to publish, by who", ["by"]
-)
-OUTBOX_LEFT = Counter(
-    "imagegen_outbox_left_to_relay_total",
-    "Committed outbox rows their writer did not publish (refused, broker down, too many in"
-    " flight): the relay publishes them once they are older than the hand-off time",
+    "imagegen_outbox_publish_failures_total", "Outbox rows that failed to publish"
 )
 RECONCILED = Counter(
     "imagegen_reconciled_images_total", "Images dispatched again by the reconciler"

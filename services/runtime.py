@@ -32,7 +32,6 @@ from services.db.repository import Repository
 from services.events import Events
 from services.intake.consumer import IntakeHandler
 from services.logs import get_logger
-from services.outbox.dispatch import Dispatcher
 from services.outbox.relay import Relay, outbox_database
 from services.provider.dashscope import DashScopeClient
 from services.provider.simulator import SimConfig, running_simulator
@@ -135,13 +134,10 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
         )
         slots = ProviderSlots(db, settings.namespace, settings.max_concurrent)
         stack.push_async_callback(slots.close)
-        # Publishes what this process commits; closed before the connection and the pool.
-        dispatcher = Dispatcher(Repository(db), publisher)
-        stack.push_async_callback(dispatcher.close)
         await _warm(db.warm(settings.db_pool_size))
         yield Wiring(
             settings=settings,
-            repo=Repository(db, on_commit=dispatcher.hand),
+            repo=Repository(db),
             topology=topology,
             events=Events(topology),
             connection=connection,
@@ -183,7 +179,10 @@ async def run(
             outbox = outbox_database(settings.database_url)
             stack.push_async_callback(outbox.close)
             relay = Relay(
-                Repository(outbox), wired.publisher, poll_interval_s=settings.outbox_poll_interval_s
+                Repository(outbox),
+                wired.publisher,
+                settings.database_url,
+                poll_interval_s=settings.outbox_poll_interval_s,
             )
             reconciler = Reconciler(
                 wired.repo,

@@ -34,7 +34,6 @@ from services.intake.schema import (
     TaskCreated,
     validate,
 )
-from services.outbox.dispatch import Dispatcher
 
 TASKS_BY_STATUS = Gauge("imagegen_tasks", "Tasks by status", ["status"])
 OUTBOX_ROWS = Gauge("imagegen_outbox_rows", "Outbox rows not yet published")
@@ -96,16 +95,12 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
                 db = Database(settings.database_url, size=5, overflow=5)
                 stack.push_async_callback(db.close)
                 topology = Topology(settings.namespace, settings.retry_ttl_scale)
-                # What the routes commit is published once the broker is connected; until
-                # then (or if that fails) the relay publishes it.
-                dispatcher = Dispatcher(Repository(db))
-                broker = BrokerProbe(settings.amqp_url, on_connect=dispatcher.connect)
+                broker = BrokerProbe(settings.amqp_url)
                 broker.start()
                 stack.push_async_callback(broker.close)
-                stack.push_async_callback(dispatcher.close)
                 own = AdminDeps(
                     settings,
-                    Repository(db, on_commit=dispatcher.hand),
+                    Repository(db),
                     ProviderSlots(db, settings.namespace, settings.max_concurrent),
                     Events(topology),
                     topology,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
@@ -20,16 +19,9 @@ CHECK_TIMEOUT_S = 2.0
 
 
 class BrokerProbe:
-    def __init__(
-        self,
-        amqp_url: str,
-        connection: AbstractRobustConnection | None = None,
-        on_connect: Callable[[AbstractRobustConnection], Awaitable[None]] | None = None,
-    ) -> None:
-        """``on_connect``: called once the connection it makes is up."""
+    def __init__(self, amqp_url: str, connection: AbstractRobustConnection | None = None) -> None:
         self.amqp_url = amqp_url
         self.connection = connection
-        self.on_connect = on_connect
         self._owned = connection is None
         self._channel: AbstractChannel | None = None
         self._connecting: asyncio.Task[None] | None = None
@@ -41,14 +33,11 @@ class BrokerProbe:
     async def _connect(self) -> None:
         while self.connection is None:
             try:
-                connection = await aio_pika.connect_robust(
+                self.connection = await aio_pika.connect_robust(
                     self.amqp_url,
                     client_properties={"connection_name": "imagegen-admin"},
                     reconnect_interval=RECONNECT_INTERVAL_S,
                 )
-                if self.on_connect is not None:
-                    await self.on_connect(connection)
-                self.connection = connection
             except (TimeoutError, AMQPError, OSError, ConnectionError) as exc:
                 log.warning(
                     "RabbitMQ unreachable, retrying", action="broker_connect", error=str(exc)

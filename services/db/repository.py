@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -73,13 +73,7 @@ _CAS = "WHERE id = $1 AND status = $2 AND version = $3"
 # read, because a plain one would see the statement's snapshot: the row as it was before
 # the winner, whose commit the update may have waited for.
 _CURRENT = "current AS (SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM t) FOR SHARE)"
-_WRITTEN_OR_CURRENT = (
-    "SELECT true AS written, {sent} AS outbox_ids, * FROM t"
-    " UNION ALL SELECT false, NULL, * FROM current"
-)
-# The ids of the outbox rows a statement queued, by message id (NULL when none): what the
-# writer hands to its dispatcher once they commit.
-_SENT_IDS = "(SELECT jsonb_object_agg(message_id, id) FROM sent)"
+_WRITTEN_OR_CURRENT = "SELECT true AS written, * FROM t UNION ALL SELECT false, * FROM current"
 _TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {_CAS} RETURNING *"
 _OUTBOX_COLUMNS = "exchange, routing_key, body, headers, message_id, correlation_id"
 # Stores provider task ids ($5, image ids; $6, the ids), each counting as a submit and
@@ -102,12 +96,10 @@ MARK_SUBMITS = (
     " AND i.dispatch = w.dispatch AND i.provider_task_id IS NULL AND i.url IS NULL"
     " AND t.id = i.task_id AND t.status = ANY($9::text[]))"
 )
-# Rows older than $2 seconds: their writer, which publishes its own rows as they commit,
-# has not deleted them (its publish failed, or it died), so they are the relay's.
+_INSERT_OUTBOX = f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
 _TAKE_OUTBOX = (
     "DELETE FROM outbox WHERE id = ANY(ARRAY("
-    "SELECT id FROM outbox WHERE created_at < now() - make_interval(secs => $2)"
-    " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING *"
+    "SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING *"
 )
 _DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 _TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
@@ -140,71 +132,27 @@ def _outbox_values(message: Outgoing) -> tuple[str | None, ...]:
     )
 
 
-def _outbox_insert(messages: Sequence[Outgoing], args: list[Any], guard: str = "") -> str:
-    """An INSERT of ``messages`` into the outbox, returning each row's id and message id;
-    its values are appended to ``args``."""
+def _outbox_cte(messages: Sequence[Outgoing], args: list[Any]) -> list[str]:
+    """The common table expression that queues ``messages`` if the statement's ``t``
+    (the row it writes) is not empty; its values are appended to ``args``."""
+    if not messages:
+        return []
     arrays = []
     for column in zip(*(_outbox_values(m) for m in messages), strict=True):
         args.append(list(column))
         arrays.append(f"${len(args)}::text[]")
-    return (
-        f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) SELECT e, r, b::jsonb, h::jsonb, m, c"
-        f" FROM unnest({', '.join(arrays)}) AS o(e, r, b, h, m, c){guard} RETURNING id, message_id"
-    )
-
-
-def _outbox_cte(messages: Sequence[Outgoing], args: list[Any]) -> list[str]:
-    """The common table expression ``sent`` that queues ``messages`` if the statement's
-    ``t`` (the row it writes) is not empty; its values are appended to ``args``."""
-    if not messages:
-        return []
-    return [f"sent AS ({_outbox_insert(messages, args, ' WHERE EXISTS (SELECT 1 FROM t)')})"]
-
-
-def _outbox_rows(messages: Sequence[Outgoing], ids: Mapping[str, int]) -> list[OutboxRow]:
-    """The rows ``messages`` became, given their ids by message id."""
     return [
-        OutboxRow(
-            exchange=m.exchange,
-            routing_key=m.routing_key,
-            body=m.body,
-            message_id=m.message_id,
-            headers=m.headers,
-            correlation_id=m.correlation_id,
-            id=ids[m.message_id],
-        )
-        for m in messages
+        f"sent AS (INSERT INTO outbox ({_OUTBOX_COLUMNS})"
+        " SELECT e, r, b::jsonb, h::jsonb, m, c"
+        f" FROM unnest({', '.join(arrays)}) AS o(e, r, b, h, m, c) WHERE EXISTS (SELECT 1 FROM t))"
     ]
 
 
-OnCommit = Callable[[list[OutboxRow]], None]
-"""Takes outbox rows once they are committed (``services/outbox/dispatch.py``)."""
-
-
 class Tx:
-    """One transaction (or, from ``Repository.autocommit()``, single statements).
+    """One transaction (or, from ``Repository.autocommit()``, single statements)."""
 
-    The outbox rows it writes go to ``on_commit`` once they are committed: at once for a
-    single statement, from ``Repository.transaction()`` when the transaction commits."""
-
-    def __init__(
-        self, conn: Driver, on_commit: OnCommit | None = None, *, autocommit: bool = False
-    ) -> None:
+    def __init__(self, conn: Driver) -> None:
         self.conn = conn
-        self.on_commit = on_commit
-        self.autocommit = autocommit
-        self.written: list[OutboxRow] = []
-
-    def _wrote(self, messages: Sequence[Outgoing], ids: Mapping[str, int] | None) -> None:
-        if self.on_commit is None or not ids:
-            return
-        if len(ids) != len(messages):  # never expected (message ids are UUIDs): the relay's
-            return
-        rows = _outbox_rows(messages, ids)
-        if self.autocommit:
-            self.on_commit(rows)
-        else:
-            self.written += rows
 
     async def _task(self, sql: str, *args: Any) -> TaskRow | None:
         row = await self.conn.fetchrow(sql, *args)
@@ -238,16 +186,9 @@ class Tx:
             ids,  # $9 of _INSERT_IMAGES
         ]
         ctes = [f"t AS ({_INSERT_TASK})", f"i AS ({_INSERT_IMAGES})"]
-        messages = announce(task, images)
-        ctes += _outbox_cte(messages, args)
-        sent = _SENT_IDS if messages else "NULL"
-        row = await self.conn.fetchrow(
-            f"WITH {', '.join(ctes)} SELECT {sent} AS outbox_ids, * FROM t", *args
-        )
-        if row is None:
-            return None
-        self._wrote(messages, row["outbox_ids"])
-        return TaskRow.of(row), images
+        ctes += _outbox_cte(announce(task, images), args)
+        row = await self._task(f"WITH {', '.join(ctes)} SELECT * FROM t", *args)
+        return None if row is None else (row, images)
 
     async def get_task(self, task_id: str) -> TaskRow | None:
         return await self._task(_GET_TASK, task_id)
@@ -334,14 +275,9 @@ class Tx:
         ctes += _outbox_cte(outgoing, args)
         update = f"UPDATE tasks SET {', '.join(sets)} {where} RETURNING *"
         ctes.append(_CURRENT)
-        select = _WRITTEN_OR_CURRENT.format(sent=_SENT_IDS if outgoing else "NULL::jsonb")
-        sql = f"WITH {', '.join([f't AS ({update})', *ctes])} {select}"
+        sql = f"WITH {', '.join([f't AS ({update})', *ctes])} {_WRITTEN_OR_CURRENT}"
         row = await self.conn.fetchrow(sql, *args)
-        if row is None:
-            return False, None
-        if row["written"]:
-            self._wrote(outgoing, row["outbox_ids"])
-        return bool(row["written"]), TaskRow.of(row)
+        return (bool(row["written"]), TaskRow.of(row)) if row else (False, None)
 
     async def touch(self, task: TaskRow) -> TaskRow | None:
         """Raise the version (an event without a status change), if nobody changed the task."""
@@ -375,14 +311,11 @@ class Tx:
     async def add_outbox(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        args: list[Any] = []
-        rows = await self.conn.fetch(_outbox_insert(messages, args), *args)
-        self._wrote(messages, {r["message_id"]: r["id"] for r in rows})
+        await self.conn.executemany(_INSERT_OUTBOX, [_outbox_values(m) for m in messages])
 
-    async def take_outbox(self, limit: int, older_than_s: float = 0.0) -> list[OutboxRow]:
-        """Delete up to ``limit`` unsent rows written over ``older_than_s`` ago that no
-        other relay holds, and return them oldest first: gone for good only if the
-        transaction commits."""
+    async def take_outbox(self, limit: int) -> list[OutboxRow]:
+        """Delete up to ``limit`` unsent rows that no other relay holds, and return them
+        oldest first: gone for good only if the transaction commits."""
         rows = [
             OutboxRow(
                 id=r["id"],
@@ -393,7 +326,7 @@ class Tx:
                 headers=r["headers"] or {},
                 correlation_id=r["correlation_id"],
             )
-            for r in await self.conn.fetch(_TAKE_OUTBOX, limit, older_than_s)
+            for r in await self.conn.fetch(_TAKE_OUTBOX, limit)
         ]
         return sorted(rows, key=lambda row: row.id)
 
@@ -415,23 +348,17 @@ class TaskCounts:
 class _Autocommit(Checkout):
     """``Repository.autocommit()``: a checkout that hands out a ``Tx``."""
 
-    __slots__ = ("_on_commit",)
-
-    def __init__(self, db: Database, on_commit: OnCommit | None) -> None:
-        super().__init__(db)
-        self._on_commit = on_commit
+    __slots__ = ()
 
     async def __aenter__(self) -> Tx:
-        return Tx(await super().__aenter__(), self._on_commit, autocommit=True)
+        return Tx(await super().__aenter__())
 
 
 class Repository:
-    """The database, as the rest of the service sees it. ``on_commit`` takes the outbox
-    rows each write commits (the process's dispatcher); without it they wait for the relay."""
+    """The database, as the rest of the service sees it."""
 
-    def __init__(self, db: Database, on_commit: OnCommit | None = None) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.on_commit = on_commit
         self._image_ids: deque[int] = deque()
         self._drawing = asyncio.Lock()
 
@@ -449,16 +376,12 @@ class Repository:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
-        async with self.db.checkout() as conn:
-            tx = Tx(conn, self.on_commit)
-            async with conn.transaction():
-                yield tx
-        if tx.written and self.on_commit is not None:
-            self.on_commit(tx.written)
+        async with self.db.checkout() as conn, conn.transaction():
+            yield Tx(conn)
 
     def autocommit(self) -> _Autocommit:
         """For statements each atomic by itself: no BEGIN/COMMIT round trips."""
-        return _Autocommit(self.db, self.on_commit)
+        return _Autocommit(self.db)
 
     async def atomic(self, work: Callable[[Tx], Awaitable[T]], tries: int = 50) -> T:
         """Run ``work`` in a transaction, again in a fresh one each time it raises

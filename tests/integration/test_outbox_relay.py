@@ -1,6 +1,5 @@
-"""The outbox relay: rows their writers left reach RabbitMQ with confirms and leave the
-table; younger rows are left to their writer; two relays share the table without
-publishing a row twice."""
+"""The outbox relay: committed rows reach RabbitMQ with confirms and leave the table;
+a NOTIFY wakes it at once; two relays share the table without publishing a row twice."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import pytest
 from aio_pika.abc import AbstractQueue, AbstractRobustConnection, DeliveryMode
 from sqlalchemy.engine import make_url
 
+from services.aio import wait_any
 from services.broker.errors import PublishReturned
 from services.broker.publisher import Publisher
 from services.config import Settings
@@ -84,9 +84,10 @@ async def test_a_committed_row_is_published_with_confirms_and_removed(
     repo: Repository,
     connection: AbstractRobustConnection,
     target: AbstractQueue,
+    database: str,
 ) -> None:
     ids = await _add(repo, target.name, 3)
-    relay = Relay(repo, await _publisher(connection), handoff_s=0)
+    relay = Relay(repo, await _publisher(connection), database)
     while await relay.drain_once():
         pass
     assert sorted(await _received(target, 3)) == sorted(ids)
@@ -94,11 +95,11 @@ async def test_a_committed_row_is_published_with_confirms_and_removed(
 
 
 async def test_an_unroutable_row_stays_in_the_outbox_and_raises(
-    repo: Repository, connection: AbstractRobustConnection
+    repo: Repository, connection: AbstractRobustConnection, database: str
 ) -> None:
     missing = f"no-such-queue-{uuid.uuid4().hex[:8]}"
     await _add(repo, missing, 1)
-    relay = Relay(repo, await _publisher(connection), handoff_s=0)
+    relay = Relay(repo, await _publisher(connection), database)
 
     with pytest.raises(PublishReturned):
         await relay.drain_once()
@@ -111,12 +112,13 @@ async def test_rows_sent_beside_an_unroutable_one_are_removed_and_never_sent_aga
     repo: Repository,
     connection: AbstractRobustConnection,
     target: AbstractQueue,
+    database: str,
 ) -> None:
     missing = f"no-such-queue-{uuid.uuid4().hex[:8]}"
     before = await _add(repo, target.name, 2)
     await _add(repo, missing, 1)
     after = await _add(repo, target.name, 2)
-    relay = Relay(repo, await _publisher(connection), handoff_s=0)
+    relay = Relay(repo, await _publisher(connection), database)
 
     for _ in range(2):
         with pytest.raises(PublishReturned):
@@ -130,30 +132,20 @@ async def test_rows_sent_beside_an_unroutable_one_are_removed_and_never_sent_aga
         await tx.conn.execute("DELETE FROM outbox WHERE routing_key = $1", missing)
 
 
-async def test_a_row_younger_than_the_handoff_is_left_to_its_writer_then_taken(
-    repo: Repository, connection: AbstractRobustConnection, target: AbstractQueue
-) -> None:
-    relay = Relay(repo, await _publisher(connection), handoff_s=1.0)
-    ids = await _add(repo, target.name, 2)
-
-    assert await relay.drain_once() == 0, "its writer may still be publishing it"
-    assert await _received(target, 1, seconds=0.2) == []
-    await asyncio.sleep(1.1)
-    assert await relay.drain_once() == 2
-    assert sorted(await _received(target, 2)) == sorted(ids)
-    assert await _outbox_rows(repo, target.name) == 0
-
-
-async def test_a_running_relay_publishes_a_left_row_within_its_poll(
-    repo: Repository, connection: AbstractRobustConnection, target: AbstractQueue
+async def test_a_notify_wakes_the_relay_long_before_its_poll(
+    repo: Repository,
+    connection: AbstractRobustConnection,
+    target: AbstractQueue,
+    database: str,
 ) -> None:
     stop = asyncio.Event()
-    relay = Relay(repo, await _publisher(connection), poll_interval_s=0.1, handoff_s=0.3)
+    relay = Relay(repo, await _publisher(connection), database, poll_interval_s=30)
     running = asyncio.create_task(relay.run(stop))
+    await wait_any(stop, seconds=0.5)  # listening by now
     started = time.monotonic()
     ids = await _add(repo, target.name, 1)
     assert await _received(target, 1, seconds=5) == list(ids)
-    assert 0.3 <= time.monotonic() - started < 2
+    assert time.monotonic() - started < 2, "woken by NOTIFY, not by the 30 s poll"
     stop.set()
     await running
 
@@ -162,9 +154,10 @@ async def test_two_relays_share_the_table_without_publishing_a_row_twice(
     repo: Repository,
     connection: AbstractRobustConnection,
     target: AbstractQueue,
+    database: str,
 ) -> None:
     ids = await _add(repo, target.name, 1000)
-    relays = [Relay(repo, await _publisher(connection), batch=50, handoff_s=0) for _ in range(2)]
+    relays = [Relay(repo, await _publisher(connection), database, batch=50) for _ in range(2)]
 
     async def drain(relay: Relay) -> None:
         while await relay.drain_once():
@@ -232,7 +225,7 @@ async def test_a_relay_that_first_saw_an_empty_outbox_never_reads_the_deleted_ro
 ) -> None:
     db = outbox_database(fresh_database)
     repo = Repository(db)
-    relay = Relay(repo, await _publisher(connection), handoff_s=0)
+    relay = Relay(repo, await _publisher(connection), fresh_database)
     watcher = Database(fresh_database)
 
     async def seq_scans() -> int:
