@@ -16,8 +16,11 @@ from typing import Any
 import aio_pika
 import httpx
 import yaml
+from prometheus_client.metrics import MetricWrapperBase
 from sqlalchemy.engine import make_url
 
+from services import metrics
+from services.admin import app as admin_app
 from services.broker.topology import Topology
 from services.cli import app as cli_app
 from services.config import Settings, _variable_name
@@ -127,3 +130,16 @@ def test_the_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in map(_variable_name, Settings.model_fields) if name not in readme]
     assert not missing, f"settings missing from the README: {missing}"
+
+
+def test_the_readme_names_every_metric_the_service_exports() -> None:
+    readme = (ROOT / "README.md").read_text()
+    exported = {
+        metric.name
+        for module in (metrics, admin_app)
+        for value in vars(module).values()
+        if isinstance(value, MetricWrapperBase)
+        for metric in value.describe()
+    }
+    missing = sorted(name for name in exported if f"`{name}" not in readme)
+    assert exported and not missing, f"metrics missing from the README: {missing}"
