@@ -175,7 +175,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(2, 3, figsize=(17, 8))
     if "throughput" in results:
         rows = results["throughput"]["rows"]
         _pairs(
@@ -203,6 +203,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
             ("makespan s", [s[n]["makespan_s"] for n in names]),
             ("429s", [s[n]["throttled_429"] for n in names]),
         )
+    if "latency" in results:
+        lat = results["latency"]
+        names = ["project", "floor"]
+        ax = axes[0][2]
+        _pairs(
+            ax,
+            f"Latency overhead at {lat['offered_tasks_per_s']} tasks/s (ms)",
+            names,
+            ("p50", [lat[n]["p50_ms"] for n in names]),
+            ("p99", [lat[n]["p99_ms"] for n in names]),
+        )
+        ax.axhline(lat["targets"]["p99_ms"], color="grey", linestyle="--", label="target p99")
+        ax.legend()
+    axes[1][2].axis("off")
     if "memory" in results:
         m = results["memory"]
         procs = list(m["peak_rss_mb_small"])
