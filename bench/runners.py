@@ -92,13 +92,17 @@ def _names(stage: Stage, processes: list[psutil.Popen]) -> list[str]:
     return [name for name, process in stage.processes.items() if process in processes]
 
 
-async def _count(stage: Stage, sql: str) -> int:
+async def _fetch(stage: Stage, sql: str) -> list[Any]:
     url = make_url(stage.database_url).set(drivername="postgresql")
     conn = await asyncpg.connect(url.render_as_string(hide_password=False))
     try:
-        return int(await conn.fetchval(sql))
+        return list(await conn.fetch(sql))
     finally:
         await conn.close()
+
+
+async def _count(stage: Stage, sql: str) -> int:
+    return int((await _fetch(stage, sql))[0][0])
 
 
 async def _wait(watcher: Watcher, expected: int, seconds: float) -> bool:
@@ -124,12 +128,7 @@ _LAST_IMAGE_PROVIDER_S = (
 
 
 async def _provider_seconds(stage: Stage) -> dict[str, float]:
-    url = make_url(stage.database_url).set(drivername="postgresql")
-    conn = await asyncpg.connect(url.render_as_string(hide_password=False))
-    try:
-        rows = await conn.fetch(_LAST_IMAGE_PROVIDER_S)
-    finally:
-        await conn.close()
+    rows = await _fetch(stage, _LAST_IMAGE_PROVIDER_S)
     return {r["task_id"]: r["provider_seconds"] or 0.0 for r in rows}
 
 

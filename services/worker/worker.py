@@ -323,9 +323,7 @@ class ImageWorker:
                     raise Drop(f"image {msg.task_id}/{msg.index} was stored meanwhile")
                 if found.status is not TaskStatus.GENERATING_IMAGES:
                     raise Drop(f"task {found.id} is {found.status.value}; the image is not stored")
-                stored = replace(
-                    image, url=generated.url, provider_seconds=round(generated.provider_s, 6)
-                )
+                stored = replace(image, url=generated.url, provider_seconds=generated.provider_s)
                 done = [stored if i.index == msg.index else i for i in images]
                 row = planned(found, Trigger.STORE_IMAGE, stored_now=1)
                 outgoing = [self.events.image_ready(replace(row, status=found.status), stored)]
