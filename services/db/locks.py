@@ -9,11 +9,12 @@ Session advisory locks are re-entrant: the keeper could take the same key twice.
 process therefore remembers which slots and images it holds and never asks for them again.
 
 Keeper calls take turns. The tries, releases and writes that queue behind the call on the
-wire go out together in the next one: a burst of messages costs a few round trips, not
-several each. So the keeper also does an image's two small writes around its submit: a try
-begins each image it wins (``Claim``), marking the submit as going out and reading the
-task in the same statement, and the provider task id the submit got is stored with the
-releases (``record_provider_task``).
+wire go out together in the next one, and so do the tries made in one turn of the event
+loop (a task's image messages arrive together): a burst of messages costs a few round
+trips, not several each. So the keeper also does an image's two small writes around its
+submit: a try begins each image it wins (``Claim``), marking the submit as going out and
+reading the task in the same statement, and the provider task id the submit got is stored
+with the releases (``record_provider_task``).
 """
 
 from __future__ import annotations
@@ -234,6 +235,10 @@ class ProviderSlots:
         answer: asyncio.Future[_Answer] = asyncio.get_running_loop().create_future()
         try:
             self._wanted[image_id] = (begin, answer)
+            if not self._io.locked():
+                # Messages delivered together start one after another in this turn of the
+                # loop: let their tries join this one's call rather than queue behind it.
+                await asyncio.sleep(0)
             async with self._session() as keeper:
                 if not answer.done():
                     # a failed call before ours dropped it
