@@ -69,6 +69,9 @@ _RUNNING = (
     "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
 )
 MAX_PAUSE_S = 0.2
+LINGER_S = 0.05
+"""How long the lock of an image stored for good may wait for another keeper call to carry
+its release, before one goes out for it alone."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class ProviderSlots:
         self._released = asyncio.Event()
         self._counted: tuple[float, int] | None = None
         self._giving_back: set[asyncio.Task[None]] = set()
+        self._finished: set[int] = set()
+        self._flush: asyncio.TimerHandle | None = None
 
     @asynccontextmanager
     async def _session(self, generation: int | None = None) -> AsyncIterator[Driver]:
@@ -188,9 +193,29 @@ class ProviderSlots:
                 yield claim
             finally:
                 held = self._take_slot(image_id)
-                await self._release(held[0] if held else None, image_id, generation)
+                if image_id in self._finished and held is None:
+                    self._linger(image_id, generation)
+                else:
+                    await self._release(held[0] if held else None, image_id, generation)
         finally:
             self._images.discard(image_id)
+            self._finished.discard(image_id)
+
+    def finished(self, image_id: int) -> None:
+        """The image held in ``hold`` is stored for good. Nothing needs its lock promptly
+        then (a copy of its message finds it stored), so the release rides on the next
+        keeper call, for up to ``LINGER_S``, instead of taking a round trip of its own."""
+        self._finished.add(image_id)
+
+    def _linger(self, image_id: int, generation: int) -> None:
+        self._unlocks.append((None, image_id, generation))
+        if self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(LINGER_S, self._flush_unlocks)
+
+    def _flush_unlocks(self) -> None:
+        self._flush = None
+        if any(image is not None for _, image, _ in self._unlocks):
+            self._give_back(None, None, self._generation)
 
     def free_slot(self, image_id: int) -> None:
         """Give back the slot of an image held in ``hold`` before the block ends, keeping
@@ -283,13 +308,15 @@ class ProviderSlots:
             elif granted:  # its holder gave up while this call was on the wire
                 self._give_back(slot, image_id, self._generation)
 
-    def _give_back(self, slot: int, image_id: int | None, generation: int) -> None:
+    def _give_back(self, slot: int | None, image_id: int | None, generation: int) -> None:
         task = asyncio.get_running_loop().create_task(self._release(slot, image_id, generation))
         self._giving_back.add(task)
         task.add_done_callback(self._giving_back.discard)
 
     async def _release(self, slot: int | None, image_id: int | None, generation: int) -> None:
-        self._unlocks.append((slot, image_id, generation))
+        """Give back a slot and an image (either may be None), with everything queued."""
+        if slot is not None or image_id is not None:
+            self._unlocks.append((slot, image_id, generation))
         try:
             async with self._session(generation) as keeper:
                 if keeper is not None:  # else the keeper died, and the locks with it
@@ -363,6 +390,9 @@ class ProviderSlots:
         return count
 
     async def close(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()  # the locks go with the session
+            self._flush = None
         async with self._io:
             if self._keeper is not None:
                 await self._keeper.close()

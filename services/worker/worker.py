@@ -344,6 +344,7 @@ class ImageWorker:
                 view.saw(found, images)
             else:
                 raise LostRace()
+        self.slots.finished(msg.image_id)
         metrics.IMAGES_STORED.inc()
         log.info(
             f"image {row.images_ready}/{row.image_count} stored",

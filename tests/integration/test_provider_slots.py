@@ -95,6 +95,62 @@ async def test_a_slot_freed_early_serves_another_image_while_the_first_stays_hel
     await other.close()
 
 
+async def _until_locks(db: Database, slots: ProviderSlots, held: tuple[int, int]) -> bool:
+    for _ in range(200):
+        if await _locks_held(db, slots) == held:
+            return True
+        await asyncio.sleep(0.005)
+    return False
+
+
+async def test_a_stored_images_lock_goes_back_with_the_next_keeper_call(
+    dbs: list[Database],
+) -> None:
+    slots = _slots(dbs[0], 2)
+    async with slots.hold(500) as held:
+        assert held
+        slots.free_slot(500)
+        assert await _until_locks(dbs[1], slots, (0, 1)), "the slot went back"
+        slots.finished(500)
+    assert await _locks_held(dbs[1], slots) == (0, 1), "the image waits for company"
+    assert slots._keeper is not None
+    sent: list[list[int]] = []
+    slots._keeper.add_query_logger(
+        lambda query: sent.append(list(query.args[3])) if "unlock" in query.query else None
+    )
+    async with slots.hold(501) as held:
+        assert held
+    assert await _locks_held(dbs[1], slots) == (0, 0)
+    assert sent == [[500, 501]], "one call gave both images back"
+    await slots.close()
+
+
+async def test_a_stored_images_lock_goes_back_alone_when_no_other_call_comes(
+    dbs: list[Database],
+) -> None:
+    slots = _slots(dbs[0], 2)
+    async with slots.hold(510) as held:
+        assert held
+        slots.free_slot(510)
+        assert await _until_locks(dbs[1], slots, (0, 1)), "the slot went back"
+        slots.finished(510)
+    assert await _locks_held(dbs[1], slots) == (0, 1), "the image waits for company"
+    assert await _until_locks(dbs[1], slots, (0, 0)), "but not for long"
+    await slots.close()
+
+
+async def test_an_image_not_stored_gives_its_lock_back_as_its_hold_ends(
+    dbs: list[Database],
+) -> None:
+    slots = _slots(dbs[0], 2)
+    async with slots.hold(520) as held:
+        assert held
+        slots.free_slot(520)  # as after a provider failure: the image goes to a retry
+        assert await _until_locks(dbs[1], slots, (0, 1)), "the slot went back"
+    assert await _locks_held(dbs[1], slots) == (0, 0), "the image went back as the hold ended"
+    await slots.close()
+
+
 async def test_a_closed_keeper_gives_its_slots_back(dbs: list[Database]) -> None:
     namespace = f"slots-{uuid.uuid4().hex[:8]}"
     crashed, survivor = (ProviderSlots(db, namespace, size=1) for db in dbs)
