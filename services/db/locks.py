@@ -14,7 +14,8 @@ loop (a task's image messages arrive together): a burst of messages costs a few 
 trips, not several each. So the keeper also does an image's two small writes around its
 submit: a try begins each image it wins (``Claim``), marking the submit as going out and
 reading the task in the same statement, and the provider task id the submit got is stored
-with the releases (``record_provider_task``).
+with the releases (``record_provider_task``). A stored image's release waits a little for
+another call to carry it (``finished``).
 """
 
 from __future__ import annotations
