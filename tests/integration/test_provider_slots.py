@@ -103,16 +103,22 @@ async def _until_locks(db: Database, slots: ProviderSlots, held: tuple[int, int]
     return False
 
 
+async def _hold_and_store(db: Database, slots: ProviderSlots, image_id: int) -> None:
+    """Hold an image as a worker does when it stores it: the slot goes back after the
+    provider's answer, then the image is stored."""
+    async with slots.hold(image_id) as held:
+        assert held
+        slots.free_slot(image_id)
+        assert await _until_locks(db, slots, (0, 1)), "the slot went back"
+        slots.finished(image_id)
+    assert await _locks_held(db, slots) == (0, 1), "the image waits for company"
+
+
 async def test_a_stored_images_lock_goes_back_with_the_next_keeper_call(
     dbs: list[Database],
 ) -> None:
     slots = _slots(dbs[0], 2)
-    async with slots.hold(500) as held:
-        assert held
-        slots.free_slot(500)
-        assert await _until_locks(dbs[1], slots, (0, 1)), "the slot went back"
-        slots.finished(500)
-    assert await _locks_held(dbs[1], slots) == (0, 1), "the image waits for company"
+    await _hold_and_store(dbs[1], slots, 500)
     assert slots._keeper is not None
     sent: list[list[int]] = []
     slots._keeper.add_query_logger(
@@ -129,12 +135,7 @@ async def test_a_stored_images_lock_goes_back_alone_when_no_other_call_comes(
     dbs: list[Database],
 ) -> None:
     slots = _slots(dbs[0], 2)
-    async with slots.hold(510) as held:
-        assert held
-        slots.free_slot(510)
-        assert await _until_locks(dbs[1], slots, (0, 1)), "the slot went back"
-        slots.finished(510)
-    assert await _locks_held(dbs[1], slots) == (0, 1), "the image waits for company"
+    await _hold_and_store(dbs[1], slots, 510)
     assert await _until_locks(dbs[1], slots, (0, 0)), "but not for long"
     await slots.close()
 
@@ -292,14 +293,20 @@ async def _on_the_wire(slots: ProviderSlots) -> None:
     raise AssertionError("no keeper call went out")
 
 
-async def test_tries_made_in_one_turn_of_the_loop_go_out_in_one_call(
-    dbs: list[Database],
-) -> None:
-    slots = _slots(dbs[0], 4)
+async def _tries_sent(slots: ProviderSlots) -> list[list[int]]:
+    """Opens the keeper; then, for each claim it sends, the images tried."""
     await slots.connect()
     assert slots._keeper is not None
     sent: list[list[int]] = []
     slots._keeper.add_query_logger(lambda query: sent.append(list(query.args[5])))
+    return sent
+
+
+async def test_tries_made_in_one_turn_of_the_loop_go_out_in_one_call(
+    dbs: list[Database],
+) -> None:
+    slots = _slots(dbs[0], 4)
+    sent = await _tries_sent(slots)
     holds = [slots.hold(350 + i) for i in range(3)]
     entered = await asyncio.gather(*(hold.__aenter__() for hold in holds))
     # As a task's image messages do when delivered together: one round trip for all.
@@ -315,10 +322,7 @@ async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_eac
     dbs: list[Database],
 ) -> None:
     slots = _slots(dbs[0], 4)
-    await slots.connect()
-    assert slots._keeper is not None
-    sent: list[list[int]] = []
-    slots._keeper.add_query_logger(lambda query: sent.append(list(query.args[5])))
+    sent = await _tries_sent(slots)
     holds = [slots.hold(300 + i) for i in range(6)]
     first = asyncio.create_task(asyncio.wait_for(holds[0].__aenter__(), 0.3))
     await _on_the_wire(slots)
