@@ -36,13 +36,26 @@ def test_a_view_keeps_its_newer_row_over_an_older_one_and_over_nothing() -> None
         assert view.newest(replace(TASK, version=6), [], IMAGES[0])[0].version == 6
 
 
-def test_a_view_is_forgotten_when_its_last_image_is_done() -> None:
+def test_a_view_closes_with_its_last_image_and_its_row_serves_the_tasks_next_image() -> None:
     views = TaskViews()
     with views.of("t-1") as view:
-        view.saw(replace(TASK, version=9), IMAGES)
+        stored = replace(TASK, version=9)
+        view.saw(stored, IMAGES)
         with views.of("t-2"):
             assert len(views) == 2
         assert len(views) == 1
     assert len(views) == 0
-    with views.of("t-1") as fresh:
-        assert fresh.newest(TASK, IMAGES, IMAGES[0]) == (TASK, IMAGES)
+    with views.of("t-1") as later:
+        assert later.newest(TASK, IMAGES, IMAGES[0]) == (stored, IMAGES), (
+            "a claim read before the last store must not win over the store's row"
+        )
+
+
+def test_only_the_most_recently_closed_views_are_remembered() -> None:
+    views = TaskViews(recent=2)
+    for task_id in ("t-1", "t-2", "t-3"):
+        with views.of(task_id) as view:
+            view.saw(replace(TASK, id=task_id, version=9), IMAGES)
+    with views.of("t-1") as oldest, views.of("t-3") as newest:
+        assert oldest.newest(TASK, IMAGES, IMAGES[0]) == (TASK, IMAGES)
+        assert newest.newest(TASK, IMAGES, IMAGES[0])[0].version == 9
