@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator
 
 #: The official SDK's poll rhythm: 1, 1, 2, 2, 2, 4, 4, 4, then 5 s for ever.
 POLL_SCHEDULE_S = (1, 1, 2, 2, 2, 4, 4, 4)
@@ -57,17 +58,33 @@ class PollPlanner:
 
 
 class Pacer:
-    """Spaces calls at least ``1/rate`` s apart within this process (0 disables it)."""
+    """Keeps this process's calls within ``rate_per_s``: at most ``burst`` (the rate, at
+    least 1) in any window of ``burst / rate_per_s`` seconds, so at most 20 in any second
+    at DashScope's 20 queries/s. Calls that fall due together go out together: spaced
+    evenly, the polls of tasks that ended together waited 50 ms each behind one another,
+    idling their paid slots (docs/ARCHITECTURE.md). 0 lifts the limit."""
 
-    def __init__(self, rate_per_s: float) -> None:
-        self.interval = 1 / rate_per_s if rate_per_s > 0 else 0.0
-        self._next = 0.0
+    def __init__(
+        self,
+        rate_per_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.burst = max(1, int(rate_per_s)) if rate_per_s > 0 else 0
+        self.window = self.burst / rate_per_s if rate_per_s > 0 else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._starts: deque[float] = deque(maxlen=max(1, self.burst))
+        """When each of the last ``burst`` calls went, or will go, out: in order, since
+        each waits for the one ``burst`` places before it to leave the window."""
 
     async def wait(self) -> None:
-        if not self.interval:
+        if not self.burst:
             return
-        now = time.monotonic()
-        start = max(now, self._next)
-        self._next = start + self.interval
+        now = self._clock()
+        start = now
+        if len(self._starts) == self.burst:
+            start = max(now, self._starts[0] + self.window)
+        self._starts.append(start)
         if start > now:
-            await asyncio.sleep(start - now)
+            await self._sleep(start - now)
