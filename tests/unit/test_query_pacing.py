@@ -32,7 +32,7 @@ async def test_queries_due_together_go_out_at_once_up_to_the_rate_then_wait_a_wi
     pacer = Pacer(20, clock, clock.sleep)
     for _ in range(21):
         await clock.call(pacer)
-    assert clock.starts[:20] == [100.0] * 20, "three polls due together must not queue"
+    assert clock.starts[:20] == [100.0] * 20, "queries due together, up to the rate, must not queue"
     assert clock.starts[20] == 101.0
 
 
