@@ -8,6 +8,7 @@ paid for instead of submitting (and paying) again.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from typing import Any
 
 import httpx
 from pydantic import SecretStr
+from yarl import URL
 
 from services.provider.errors import (
     ProviderConnectError,
@@ -27,7 +29,7 @@ from services.provider.errors import (
     ProviderTransportError,
 )
 from services.provider.polling import Pacer, PollPlanner
-from services.provider.transport import ProviderTransport
+from services.provider.transport import ProviderTransport, Reply
 
 SUBMIT_PATH = "/services/aigc/text2image/image-synthesis"
 MAX_TASK_ID_LENGTH = 128
@@ -80,46 +82,41 @@ class TaskResult:
         return [r.url for r in self.results if r.url]
 
 
-def _json(response: httpx.Response) -> dict[str, Any] | None:
+def _json(body: bytes) -> dict[str, Any] | None:
     try:
-        body = response.json()
-    except ValueError:
+        value = json.loads(body)
+    except ValueError:  # UnicodeDecodeError among them
         return None
-    return body if isinstance(body, dict) else None
+    return value if isinstance(value, dict) else None
 
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _http_error(response: httpx.Response) -> ProviderHTTPError:
-    body = _json(response) or {}
+def _http_error(reply: Reply) -> ProviderHTTPError:
+    body = _json(reply.body) or {}
     message = _str(body.get("message")) or _str(body.get("msg"))
     if message is None:
-        message = response.reason_phrase or "no message"
-        if body == {} and response.content:
+        message = reply.reason or "no message"
+        if body == {} and reply.body:
             message = f"{message} (non-JSON body)"
     return ProviderHTTPError(
-        response.status_code, _str(body.get("code")), message, _str(body.get("request_id"))
+        reply.status, _str(body.get("code")), message, _str(body.get("request_id"))
     )
 
 
 @contextmanager
-def _translated(may_have_effect: bool) -> Iterator[None]:
-    """httpx's failures as the provider's: what each one says about whether the request
-    reached DashScope decides whether a submit may have been billed."""
+def _downloading() -> Iterator[None]:
+    """httpx's failures as the provider's, for result downloads (which are never billed)."""
     try:
         yield
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise ProviderConnectError(f"{exc.__class__.__name__}: {exc}") from None
     except httpx.TimeoutException as exc:
-        raise ProviderTimeout(
-            f"{exc.__class__.__name__} after the request was sent", ambiguous=may_have_effect
-        ) from None
+        raise ProviderTimeout(f"{exc.__class__.__name__}", ambiguous=False) from None
     except httpx.TransportError as exc:
-        raise ProviderTransportError(
-            f"{exc.__class__.__name__}: {exc}", ambiguous=may_have_effect
-        ) from None
+        raise ProviderTransportError(f"{exc.__class__.__name__}: {exc}", ambiguous=False) from None
 
 
 def _provider_seconds(output: dict[str, Any]) -> float | None:
@@ -190,18 +187,20 @@ class DashScopeClient:
         self.planner = PollPlanner(poll_schedule_scale)
         # DashScope allows 20 task queries/s per account; pace them in this process.
         self._queries = Pacer(query_rate_per_s)
-        # Requests go straight to the transport: httpx's client adds cookies, auth flows,
-        # redirects and URL merging that this API never uses, and those cost more CPU per
-        # image than the request itself (docs/ARCHITECTURE.md, "The per-image hot path").
         self._base_url = base_url.rstrip("/")
-        # Parsed once: parsing it was half of what building a submit request cost.
-        self._submit_url = httpx.URL(self._base_url + SUBMIT_PATH)
+        # Parsed once: parsing was half of what building a submit request cost.
+        self._submit_url = URL(self._base_url + SUBMIT_PATH)
+        self._tasks_url = URL(self._base_url + "/tasks")
         self._headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"}
-        self._timeouts = {
-            "timeout": httpx.Timeout(read_timeout_s, connect=connect_timeout_s).as_dict()
+        self._submit_headers = self._headers | {
+            "X-DashScope-Async": "enable",
+            "Content-Type": "application/json",
         }
         self._transport = ProviderTransport(
-            self._base_url, limits=httpx.Limits(max_connections=max_connections)
+            self._base_url,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+            max_connections=max_connections,
         )
         # Result URLs point at object storage: a client without the key, so it never leaks.
         self._downloads = httpx.AsyncClient(
@@ -214,30 +213,6 @@ class DashScopeClient:
     async def aclose(self) -> None:
         await self._transport.aclose()
         await self._downloads.aclose()
-
-    async def _send(
-        self,
-        method: str,
-        url: httpx.URL | str,
-        *,
-        may_have_effect: bool,
-        json: dict[str, Any] | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
-        request = httpx.Request(
-            method,
-            url,
-            headers=self._headers if headers is None else self._headers | headers,
-            json=json,
-            extensions=self._timeouts,
-        )
-        with _translated(may_have_effect):
-            response = await self._transport.handle_async_request(request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        return response
 
     async def submit(
         self,
@@ -258,16 +233,16 @@ class DashScopeClient:
             payload["input"]["negative_prompt"] = negative_prompt
         if seed is not None:
             payload["parameters"]["seed"] = seed
-        response = await self._send(
+        reply = await self._transport.send(
             "POST",
             self._submit_url,
+            self._submit_headers,
+            json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode(),
             may_have_effect=True,
-            json=payload,
-            headers={"X-DashScope-Async": "enable"},
         )
-        if response.status_code != 200:
-            raise _http_error(response)
-        body = _json(response)
+        if reply.status != 200:
+            raise _http_error(reply)
+        body = _json(reply.body)
         output = body.get("output") if body else None
         if not isinstance(output, dict):
             output = {}
@@ -288,12 +263,12 @@ class DashScopeClient:
 
     async def query(self, task_id: str) -> TaskResult:
         await self._queries.wait()
-        response = await self._send(
-            "GET", f"{self._base_url}/tasks/{task_id}", may_have_effect=False
+        reply = await self._transport.send(
+            "GET", self._tasks_url / task_id, self._headers, may_have_effect=False
         )
-        if response.status_code != 200:
-            raise _http_error(response)
-        body = _json(response)
+        if reply.status != 200:
+            raise _http_error(reply)
+        body = _json(reply.body)
         if body is None:
             raise ProviderTransportError("query answer is not a JSON object", ambiguous=False)
         return parse_task(body)
@@ -344,20 +319,20 @@ class DashScopeClient:
 
     async def cancel(self, task_id: str) -> bool:
         """Cancel a provider task still PENDING; False when it can no longer be cancelled."""
-        response = await self._send(
-            "POST", f"{self._base_url}/tasks/{task_id}/cancel", may_have_effect=True
+        reply = await self._transport.send(
+            "POST", self._tasks_url / task_id / "cancel", self._headers, may_have_effect=True
         )
-        if response.status_code == 200:
+        if reply.status == 200:
             return True
-        error = _http_error(response)
+        error = _http_error(reply)
         if error.code == "UnsupportedOperation":
             return False
         raise error
 
     async def download(self, url: str) -> bytes:
         """Fetch a result image (result URLs are pre-signed and expire after 24 hours)."""
-        with _translated(may_have_effect=False):
+        with _downloading():
             response = await self._downloads.get(url)
         if response.status_code != 200:
-            raise _http_error(response)
+            raise _http_error(Reply(response.status_code, response.reason_phrase, response.content))
         return response.content

@@ -4,6 +4,8 @@ every task status, the exact request shape, and timeouts."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -133,6 +135,26 @@ async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
     assert [head.split(b"\r\n")[0] for head in env_proxy] == [
         b"POST http://dashscope.invalid/api/v1/services/aigc/text2image/image-synthesis HTTP/1.1"
     ]
+
+
+async def test_credentials_in_the_proxy_url_go_to_the_proxy_never_to_the_provider(
+    env_proxy: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = os.environ["HTTP_PROXY"].rsplit(":", 1)[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://relay:s3cret@127.0.0.1:{port}")
+    monkeypatch.setenv("http_proxy", f"http://relay:s3cret@127.0.0.1:{port}")
+    c = DashScopeClient("http://dashscope.invalid/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
+    try:
+        with pytest.raises(ProviderHTTPError):
+            await c.submit("a cat")
+    finally:
+        await c.aclose()
+    [head] = env_proxy
+    credentials = base64.b64encode(b"relay:s3cret").decode()
+    seen = head.decode().lower()
+    assert f"proxy-authorization: basic {credentials}".lower() in seen
+    assert f"\r\nauthorization: bearer {KEY}".lower() in seen
+    assert head.startswith(b"POST http://dashscope.invalid/api/v1/")
 
 
 async def test_a_provider_host_named_in_no_proxy_is_reached_directly(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from services.provider.dashscope import ProviderTaskStatus, _http_error, parse_task
+from services.provider.transport import Reply
 
 
 def test_an_error_body_with_msg_instead_of_message_is_read() -> None:
-    error = _http_error(httpx.Response(400, json={"code": "InvalidParameter", "msg": "bad n"}))
+    error = _http_error(Reply(400, "Bad Request", b'{"code": "InvalidParameter", "msg": "bad n"}'))
     assert (error.status, error.code, error.message, error.request_id) == (
         400,
         "InvalidParameter",
@@ -19,7 +19,7 @@ def test_an_error_body_with_msg_instead_of_message_is_read() -> None:
 
 
 def test_an_error_without_a_json_body_keeps_the_status() -> None:
-    error = _http_error(httpx.Response(502, text="<html>Bad Gateway</html>"))
+    error = _http_error(Reply(502, "Bad Gateway", b"<html>Bad Gateway</html>"))
     assert error.status == 502 and error.code is None and "non-JSON" in error.message
 
 
