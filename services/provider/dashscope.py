@@ -114,7 +114,7 @@ def _downloading() -> Iterator[None]:
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
         raise ProviderConnectError(f"{exc.__class__.__name__}: {exc}") from None
     except httpx.TimeoutException as exc:
-        raise ProviderTimeout(f"{exc.__class__.__name__}", ambiguous=False) from None
+        raise ProviderTimeout(exc.__class__.__name__, ambiguous=False) from None
     except httpx.TransportError as exc:
         raise ProviderTransportError(f"{exc.__class__.__name__}: {exc}", ambiguous=False) from None
 
@@ -188,7 +188,6 @@ class DashScopeClient:
         # DashScope allows 20 task queries/s per account; pace them in this process.
         self._queries = Pacer(query_rate_per_s)
         self._base_url = base_url.rstrip("/")
-        # Parsed once: parsing was half of what building a submit request cost.
         self._submit_url = URL(self._base_url + SUBMIT_PATH)
         self._tasks_url = URL(self._base_url + "/tasks")
         self._headers = {"Authorization": f"Bearer {api_key.get_secret_value()}"}

@@ -2,7 +2,7 @@
 whether the request reached DashScope.
 
 aiohttp parses in C and keeps its pool cheap. Requests go to it directly: httpx's
-objects over it (through an adapter) cost as much CPU per call as aiohttp itself
+objects over it (through an adapter) took over a third of each call's CPU
 (docs/ARCHITECTURE.md, "The per-image hot path").
 
 What a failure means matters more here than anywhere: a submit is billed, and one that
