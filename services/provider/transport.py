@@ -83,7 +83,6 @@ class ProviderTransport:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 timeout=self._timeout,
-                auto_decompress=True,
             )
         return self._session
 
