@@ -375,6 +375,20 @@ async def test_unknown_tasks_answer_200_unknown(client: DashScopeClient) -> None
     assert (await client.wait(marked.task_id)).status is ProviderTaskStatus.UNKNOWN
 
 
+async def test_a_task_past_the_retention_answers_unknown_and_is_forgotten(
+    sim: RunningSimulator, client: DashScopeClient
+) -> None:
+    sim.sim.configure({"task_ttl_s": 0.3})
+    old = await client.submit("old")
+    assert (await client.wait(old.task_id)).status is ProviderTaskStatus.SUCCEEDED
+    await asyncio.sleep(0.4)
+    fresh = await client.submit("fresh")
+    assert (await client.query(old.task_id)).status is ProviderTaskStatus.UNKNOWN
+    assert (await client.query(fresh.task_id)).status is ProviderTaskStatus.SUCCEEDED
+    assert list(sim.sim.tasks) == [fresh.task_id]
+    assert sim.sim.stats.billed_images == 2
+
+
 async def test_the_rate_limit_answers_429_throttling_rate_quota(
     sim: RunningSimulator, client: DashScopeClient
 ) -> None:

@@ -57,6 +57,9 @@ class SimConfig(BaseModel):
     """How long an accepted submit's answer takes: the task exists (and is billed) before
     the client learns its id."""
     url_ttl_s: float = Field(default=86400.0, gt=0)
+    task_ttl_s: float = Field(default=86400.0, gt=0)
+    """How long a task is kept after its submit: DashScope answers UNKNOWN for one older
+    than 24 hours, and a long-running simulator need not hold every task it was sent."""
     seed: int | None = None
 
 
@@ -307,6 +310,19 @@ class Simulator:
             images = self.succeeded_images(task)
             self.stats.billed_images += images
             self.stats.billed_by_prompt[task.prompt] += images
+        self._forget_expired(now)
+
+    def _forget_expired(self, now: float) -> None:
+        """Forget tasks past ``task_ttl_s``, oldest first (``tasks`` keeps submit order). One
+        still waiting for a slot is kept until it starts, and the ones behind it with it."""
+        horizon = now - self.config.task_ttl_s
+        while self.tasks:
+            oldest = next(iter(self.tasks.values()))
+            if oldest.submitted_at > horizon or (
+                oldest.started_at is None and not oldest.cancelled
+            ):
+                return
+            del self.tasks[oldest.id]
 
     def succeeded_images(self, task: SimTask) -> int:
         if task.outcome in ("failed", "failed_inspect", "unknown"):
