@@ -378,10 +378,10 @@ async def test_unknown_tasks_answer_200_unknown(client: DashScopeClient) -> None
 async def test_a_task_past_the_retention_answers_unknown_and_is_forgotten(
     sim: RunningSimulator, client: DashScopeClient
 ) -> None:
-    sim.sim.configure({"task_ttl_s": 0.3})
+    sim.sim.configure({"task_ttl_s": 0.5})
     old = await client.submit("old")
     assert (await client.wait(old.task_id)).status is ProviderTaskStatus.SUCCEEDED
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(0.6)
     fresh = await client.submit("fresh")
     assert (await client.query(old.task_id)).status is ProviderTaskStatus.UNKNOWN
     assert (await client.query(fresh.task_id)).status is ProviderTaskStatus.SUCCEEDED
