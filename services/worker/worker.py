@@ -9,7 +9,6 @@ while stale copies of a message (an older ``dispatch``) are dropped.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,20 +21,16 @@ from services.config import Settings
 from services.db.errors import DatabaseUnavailable, LostRace
 from services.db.locks import ProviderSlots
 from services.db.pacing import SubmitPacer
-from services.db.repository import Repository, Tx
+from services.db.repository import Repository
 from services.db.rows import ImageRow, TaskRow, planned
 from services.events import Events
 from services.logs import get_logger
 from services.provider.dashscope import DashScopeClient, ProviderTaskStatus, TaskResult
-from services.provider.errors import (
-    ProviderError,
-    ProviderHTTPError,
-    ProviderPollTimeout,
-    ProviderTaskFailed,
-    ProviderTaskLost,
-)
+from services.provider.errors import ProviderError, ProviderTaskFailed, ProviderTaskLost
+from services.worker.failures import Failures
+from services.worker.message import ImageMessage
 from services.worker.views import TaskView, TaskViews
-from statemachine import FailNow, RetryLater, TaskStatus, Trigger, decide
+from statemachine import TaskStatus, Trigger
 
 log = get_logger("imagegen.worker")
 PROVIDER_ID_WRITE_TRIES = 8
@@ -47,35 +42,6 @@ class Generated:
     url: str
     provider_s: float
     """Time inside provider calls: the submit, if one went out, and the wait."""
-
-
-@dataclass(frozen=True)
-class ImageMessage:
-    task_id: str
-    index: int
-    image_id: int
-    dispatch: int
-    attempt: int
-
-    @classmethod
-    def parse(cls, body: bytes) -> ImageMessage:
-        try:
-            value: Any = json.loads(body)
-            message = cls(
-                task_id=value["task_id"],
-                index=value["index"],
-                image_id=value["image_id"],
-                dispatch=value["dispatch"],
-                attempt=value["attempt"],
-            )
-        except (ValueError, TypeError, KeyError) as exc:
-            raise Reject(f"invalid image message: {exc.__class__.__name__}: {exc}") from None
-        if not isinstance(message.task_id, str) or not all(
-            isinstance(v, int) and not isinstance(v, bool)
-            for v in (message.index, message.image_id, message.dispatch, message.attempt)
-        ):
-            raise Reject("invalid image message: wrong field types")
-        return message
 
 
 def _at(images: list[ImageRow], index: int) -> ImageRow | None:
@@ -104,6 +70,7 @@ class ImageWorker:
         self.events = events
         self.pacer = pacer
         self.views = TaskViews()
+        self.failures = Failures(settings, repo, events)
 
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         msg = ImageMessage.parse(message.body)
@@ -119,7 +86,7 @@ class ImageWorker:
                     log.info("image started", action="image_started", **fields)
                     task, outcome = await self._attempt(msg, task, image, claim.images, view)
                     if isinstance(outcome, ProviderError):
-                        await self._failed(msg, image, outcome)
+                        await self.failures.record(msg, image, outcome)
                         return
                     await self._store(msg, outcome, task, image, claim.images, view)
             finally:
@@ -356,77 +323,3 @@ class ImageWorker:
         if row.status is TaskStatus.IMAGES_READY:
             metrics.TASKS_FINISHED.labels(row.status.value).inc()
             log.info("task completed", action="task_completed", task_id=row.id)
-
-    async def _failed(self, msg: ImageMessage, image: ImageRow, exc: ProviderError) -> None:
-        error = str(exc)
-
-        async def work(tx: Tx) -> RetryLater | FailNow:
-            task, current = await tx.get_task_and_image(msg.task_id, msg.index)
-            if task is None or current is None or not task.active:
-                raise Drop(
-                    f"task {msg.task_id} already ended; failure of image {msg.index} ignored"
-                )
-            if current.stored or current.dispatch != msg.dispatch:
-                raise Drop(f"image {msg.task_id}/{msg.index} moved on meanwhile")
-            decision = decide(exc.failure, current.attempts, self.settings.max_retries)
-            if isinstance(decision, RetryLater):
-                again = await tx.redispatch(
-                    current,
-                    failed=True,
-                    error=error,
-                    keep_provider_task=isinstance(exc, ProviderPollTimeout),
-                    submit_in_doubt=exc.ambiguous,
-                )
-                row = await tx.touch(task)
-                if row is None:
-                    raise LostRace()
-                await tx.add_outbox(
-                    [
-                        self.events.retrying(row, again, decision, error),
-                        self.events.image_message(again, decision),
-                    ]
-                )
-                return decision
-            row = await tx.transition(
-                task, Trigger.FAIL, error_code=decision.kind.value, error_message=error
-            )
-            if row is None:
-                raise LostRace()
-            await tx.add_outbox(
-                [
-                    self.events.changed(
-                        row, task.status, error={"code": decision.kind.value, "message": error}
-                    )
-                ]
-            )
-            return decision
-
-        decision = await self.repo.atomic(work)
-        fields = {"task_id": msg.task_id, "image_index": msg.index, "attempt": image.attempts}
-        retryable = decision.kind.retryable
-        log.warning(
-            "image failed", action="image_error", error=error, retryable=retryable, **fields
-        )
-        if isinstance(decision, RetryLater):
-            queue = self.events.topology.retry_queue(decision.kind, decision.tier).name
-            metrics.RETRIES.labels(f"{decision.reason}.{decision.delay_s}s").inc()
-            if decision.reason == "rate_limited":
-                log.warning(
-                    f"429 detected, waiting {decision.delay_s} s",
-                    action="rate_limited",
-                    delay_s=decision.delay_s,
-                    **fields,
-                )
-            log.info(
-                f"retry {decision.retry}/{self.settings.max_retries} in {decision.delay_s} s",
-                action="retry_scheduled",
-                delay_s=decision.delay_s,
-                queue=queue,
-                **fields,
-            )
-        else:
-            metrics.TASKS_FINISHED.labels(TaskStatus.FAILED.value).inc()
-            why = "retries exhausted" if decision.exhausted else "not retryable"
-            log.error(f"task failed: {why}", action="task_failed", error=error, **fields)
-            if isinstance(exc, ProviderHTTPError) and exc.status in (401, 403):
-                log.error("check DASHSCOPE_API_KEY and the account", action="provider_auth")
