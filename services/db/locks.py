@@ -33,13 +33,13 @@ from typing import Any
 from services import metrics
 from services.db.engine import Database, Driver
 from services.db.errors import DatabaseUnavailable, RepositoryError, is_unavailable, translated
-from services.db.repository import (
+from services.db.rows import ImageRow, TaskRow, split_joined
+from services.db.statements import (
     ACTIVE_VALUES,
     JOINED_COLUMNS,
     MARK_SUBMITS,
     RECORD_PROVIDER_TASKS,
 )
-from services.db.rows import ImageRow, TaskRow, split_joined
 
 # One round trip: for each image, a free slot (not one this process holds), then the image
 # (migrations 0002 and 0005); for each image won, its submit marked and its task read.

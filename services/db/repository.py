@@ -1,25 +1,25 @@
-"""Every SQL statement of the service. State changes are compare-and-set updates whose
-target the state machine decides; losing a race is a result (``None``), not an error.
+"""Reads and writes of tasks, images and the outbox. State changes are compare-and-set
+updates whose target the state machine decides; losing a race is a result (``None``), not
+an error.
 
-Statements run on the pooled asyncpg connection itself (``checkout``): the schema lives in
-``models`` for Alembic, while the per-image path pays only the driver's cost per statement.
+The SQL (``statements``) runs on the pooled asyncpg connection itself (``checkout``): the
+schema lives in ``models`` for Alembic, while the per-image path pays only the driver's
+cost per statement.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from services.db import statements as sql
 from services.db.engine import Checkout, Database, Driver
 from services.db.errors import LostRace
-from services.db.models import task_images
 from services.db.rows import (
-    IMAGE_PREFIX,
     ImageRow,
     NewTask,
     OutboxRow,
@@ -29,123 +29,10 @@ from services.db.rows import (
     planned,
     split_joined,
 )
-from statemachine import ACTIVE_STATUSES, TaskStatus, Trigger
+from statemachine import TaskStatus, Trigger
 
 T = TypeVar("T")
-
-# The timestamp column each status sets when a task enters it.
-_ENTERED_AT = {
-    TaskStatus.GENERATING_IMAGES: "image_generation_started_at",
-    TaskStatus.IMAGES_READY: "image_generation_completed_at",
-    TaskStatus.FAILED: "failed_at",
-    TaskStatus.CANCELLED: "cancelled_at",
-}
-
-_NEXT_IMAGE_IDS = (
-    "SELECT nextval(pg_get_serial_sequence('task_images', 'id')) FROM generate_series(1, $1)"
-)
 IMAGE_ID_BATCH = 64
-_INSERT_TASK = (
-    "INSERT INTO tasks (id, user_id, prompt, status, version, image_count, metadata,"
-    " correlation_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-    " ON CONFLICT (id) DO NOTHING RETURNING *"
-)
-_INSERT_IMAGES = (
-    'INSERT INTO task_images (id, task_id, "index")'
-    " SELECT u.id, $1, u.n - 1 FROM unnest($9::bigint[]) WITH ORDINALITY AS u(id, n)"
-    " WHERE EXISTS (SELECT 1 FROM t)"
-)
-_GET_TASK = "SELECT * FROM tasks WHERE id = $1"
-_GET_IMAGES = 'SELECT * FROM task_images WHERE task_id = $1 ORDER BY "index"'
-_GET_IMAGE = 'SELECT * FROM task_images WHERE task_id = $1 AND "index" = $2'
-JOINED_COLUMNS = "t.*, " + ", ".join(
-    f'i."{c.name}" AS {IMAGE_PREFIX}{c.name}' for c in task_images.c
-)
-"""A task ``t`` and its images ``i`` as one row each, which ``split_joined`` takes apart."""
-_TASK_JOIN_IMAGES = (
-    f"SELECT {JOINED_COLUMNS} FROM tasks t LEFT JOIN task_images i ON i.task_id = t.id"
-)
-_GET_TASK_AND_IMAGE = f'{_TASK_JOIN_IMAGES} AND i."index" = $2 WHERE t.id = $1'
-_GET_TASK_WITH_IMAGES = f'{_TASK_JOIN_IMAGES} WHERE t.id = $1 ORDER BY i."index"'
-# Compare-and-set: only the task as it was read (same status, same version) matches.
-_CAS = "WHERE id = $1 AND status = $2 AND version = $3"
-# A write that lost its compare-and-set reads the task in the same statement. A locking
-# read, because a plain one would see the statement's snapshot: the row as it was before
-# the winner, whose commit the update may have waited for.
-_CURRENT = "current AS (SELECT * FROM tasks WHERE id = $1 AND NOT EXISTS (SELECT FROM t) FOR SHARE)"
-_WRITTEN_OR_CURRENT = "SELECT true AS written, * FROM t UNION ALL SELECT false, * FROM current"
-_TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {_CAS} RETURNING *"
-_OUTBOX_COLUMNS = "exchange, routing_key, body, headers, message_id, correlation_id"
-# Stores provider task ids ($5, image ids; $6, the ids), each counting as a submit and
-# taking its submit's mark away. A common table expression of the keeper's settle call
-# (``services/db/locks.py``).
-RECORD_PROVIDER_TASKS = (
-    "recorded AS (UPDATE task_images i SET provider_task_id = r.provider_task_id,"
-    " updated_at = now(), submits = i.submits + 1, submit_started_at = NULL"
-    " FROM unnest($5::int[], $6::text[]) AS r(id, provider_task_id) WHERE i.id = r.id)"
-)
-# Marks the submits of the images in ``w`` (image_id, task_id, dispatch, slot) that hold a
-# slot and are live at their dispatch with no provider task yet, counting an earlier mark
-# left unrecorded; $9 is the active statuses. A common table expression of the keeper's
-# claim (``services/db/locks.py``), whose read of the rows shares its snapshot: they show
-# the images as they were before the mark.
-MARK_SUBMITS = (
-    "mark AS (UPDATE task_images i SET submit_started_at = now(),"
-    " unrecorded_submits = i.unrecorded_submits + (i.submit_started_at IS NOT NULL)::int"
-    " FROM w, tasks t WHERE w.slot >= 0 AND i.id = w.image_id AND i.task_id = w.task_id"
-    " AND i.dispatch = w.dispatch AND i.provider_task_id IS NULL AND i.url IS NULL"
-    " AND t.id = i.task_id AND t.status = ANY($9::text[]))"
-)
-_INSERT_OUTBOX = f"INSERT INTO outbox ({_OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
-_TAKE_OUTBOX = (
-    "DELETE FROM outbox WHERE id = ANY(ARRAY("
-    "SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)) RETURNING *"
-)
-_DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
-_TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
-_COUNT_STATUSES = "SELECT status, count(*) FROM tasks GROUP BY status"
-_OUTBOX_LAG = (
-    "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM outbox"
-)
-_STALE_IMAGES = (
-    "SELECT i.* FROM task_images i JOIN tasks t ON t.id = i.task_id"
-    " WHERE t.status = ANY($1::text[]) AND i.url IS NULL"
-    " AND i.updated_at < now() - make_interval(secs => $2)"
-    " ORDER BY i.updated_at LIMIT $3"
-)
-ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
-"""The active statuses as the statements take them (``MARK_SUBMITS``'s $9 among them)."""
-
-
-def _json(value: dict[str, Any] | None) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-def _outbox_values(message: Outgoing) -> tuple[str | None, ...]:
-    return (
-        message.exchange,
-        message.routing_key,
-        _json(message.body),
-        _json(message.headers or None),
-        message.message_id,
-        message.correlation_id,
-    )
-
-
-def _outbox_cte(messages: Sequence[Outgoing], args: list[Any]) -> list[str]:
-    """The common table expression that queues ``messages`` if the statement's ``t``
-    (the row it writes) is not empty; its values are appended to ``args``."""
-    if not messages:
-        return []
-    arrays = []
-    for column in zip(*(_outbox_values(m) for m in messages), strict=True):
-        args.append(list(column))
-        arrays.append(f"${len(args)}::text[]")
-    return [
-        f"sent AS (INSERT INTO outbox ({_OUTBOX_COLUMNS})"
-        " SELECT e, r, b::jsonb, h::jsonb, m, c"
-        f" FROM unnest({', '.join(arrays)}) AS o(e, r, b, h, m, c) WHERE EXISTS (SELECT 1 FROM t))"
-    ]
 
 
 class Tx:
@@ -159,7 +46,7 @@ class Tx:
         return TaskRow.of(row) if row else None
 
     async def next_image_ids(self, count: int) -> list[int]:
-        return [r[0] for r in await self.conn.fetch(_NEXT_IMAGE_IDS, count)]
+        return [r[0] for r in await self.conn.fetch(sql.NEXT_IMAGE_IDS, count)]
 
     async def insert_task(
         self,
@@ -181,34 +68,34 @@ class Tx:
             task.status.value,
             task.version,
             task.image_count,
-            _json(task.meta),
+            sql.json_text(task.meta),
             task.correlation_id,
-            ids,  # $9 of _INSERT_IMAGES
+            ids,  # $9 of sql.INSERT_IMAGES
         ]
-        ctes = [f"t AS ({_INSERT_TASK})", f"i AS ({_INSERT_IMAGES})"]
-        ctes += _outbox_cte(announce(task, images), args)
+        ctes = [f"t AS ({sql.INSERT_TASK})", f"i AS ({sql.INSERT_IMAGES})"]
+        ctes += sql.outbox_cte(announce(task, images), args)
         row = await self._task(f"WITH {', '.join(ctes)} SELECT * FROM t", *args)
         return None if row is None else (row, images)
 
     async def get_task(self, task_id: str) -> TaskRow | None:
-        return await self._task(_GET_TASK, task_id)
+        return await self._task(sql.GET_TASK, task_id)
 
     async def get_images(self, task_id: str) -> list[ImageRow]:
-        return [ImageRow.of(r) for r in await self.conn.fetch(_GET_IMAGES, task_id)]
+        return [ImageRow.of(r) for r in await self.conn.fetch(sql.GET_IMAGES, task_id)]
 
     async def get_task_and_image(
         self, task_id: str, index: int
     ) -> tuple[TaskRow | None, ImageRow | None]:
         """Both rows in one round trip."""
-        task, images = split_joined(await self.conn.fetch(_GET_TASK_AND_IMAGE, task_id, index))
+        task, images = split_joined(await self.conn.fetch(sql.GET_TASK_AND_IMAGE, task_id, index))
         return task, images[0] if images else None
 
     async def get_task_with_images(self, task_id: str) -> tuple[TaskRow | None, list[ImageRow]]:
         """The task and all its images, as of one moment, in one round trip."""
-        return split_joined(await self.conn.fetch(_GET_TASK_WITH_IMAGES, task_id))
+        return split_joined(await self.conn.fetch(sql.GET_TASK_WITH_IMAGES, task_id))
 
     async def get_image(self, task_id: str, index: int) -> ImageRow | None:
-        row = await self.conn.fetchrow(_GET_IMAGE, task_id, index)
+        row = await self.conn.fetchrow(sql.GET_IMAGE, task_id, index)
         return ImageRow.of(row) if row else None
 
     async def transition(
@@ -256,9 +143,9 @@ class Tx:
             f"error_message = {arg(after.error_message)}",
             "updated_at = now()",
         ]
-        if after.status is not before.status and after.status in _ENTERED_AT:
-            sets.append(f"{_ENTERED_AT[after.status]} = now()")
-        where = _CAS
+        if after.status is not before.status and after.status in sql.ENTERED_AT:
+            sets.append(f"{sql.ENTERED_AT[after.status]} = now()")
+        where = sql.CAS
         ctes = []
         if store is not None:
             image_id = arg(store.id)
@@ -272,16 +159,16 @@ class Tx:
                 f" provider_seconds = {arg(store.provider_seconds)}, updated_at = now(),"
                 f" last_error = NULL WHERE id = {image_id} AND EXISTS (SELECT 1 FROM t))"
             )
-        ctes += _outbox_cte(outgoing, args)
+        ctes += sql.outbox_cte(outgoing, args)
         update = f"UPDATE tasks SET {', '.join(sets)} {where} RETURNING *"
-        ctes.append(_CURRENT)
-        sql = f"WITH {', '.join([f't AS ({update})', *ctes])} {_WRITTEN_OR_CURRENT}"
-        row = await self.conn.fetchrow(sql, *args)
+        ctes.append(sql.CURRENT)
+        statement = f"WITH {', '.join([f't AS ({update})', *ctes])} {sql.WRITTEN_OR_CURRENT}"
+        row = await self.conn.fetchrow(statement, *args)
         return (bool(row["written"]), TaskRow.of(row)) if row else (False, None)
 
     async def touch(self, task: TaskRow) -> TaskRow | None:
         """Raise the version (an event without a status change), if nobody changed the task."""
-        return await self._task(_TOUCH, task.id, task.status.value, task.version)
+        return await self._task(sql.TOUCH, task.id, task.status.value, task.version)
 
     async def redispatch(
         self,
@@ -311,7 +198,7 @@ class Tx:
     async def add_outbox(self, messages: Sequence[Outgoing]) -> None:
         if not messages:
             return
-        await self.conn.executemany(_INSERT_OUTBOX, [_outbox_values(m) for m in messages])
+        await self.conn.executemany(sql.INSERT_OUTBOX, [sql.outbox_values(m) for m in messages])
 
     async def take_outbox(self, limit: int) -> list[OutboxRow]:
         """Delete up to ``limit`` unsent rows that no other relay holds, and return them
@@ -326,16 +213,16 @@ class Tx:
                 headers=r["headers"] or {},
                 correlation_id=r["correlation_id"],
             )
-            for r in await self.conn.fetch(_TAKE_OUTBOX, limit)
+            for r in await self.conn.fetch(sql.TAKE_OUTBOX, limit)
         ]
         return sorted(rows, key=lambda row: row.id)
 
     async def delete_outbox(self, ids: Sequence[int]) -> None:
-        await self.conn.execute(_DELETE_OUTBOX, list(ids))
+        await self.conn.execute(sql.DELETE_OUTBOX, list(ids))
 
     async def try_image_xact_lock(self, lock_class: int, image_id: int) -> bool:
         """Whether no worker holds this image right now (held until the transaction ends)."""
-        return bool(await self.conn.fetchval(_TRY_XACT_LOCK, lock_class, image_id))
+        return bool(await self.conn.fetchval(sql.TRY_XACT_LOCK, lock_class, image_id))
 
 
 @dataclass(frozen=True)
@@ -407,12 +294,12 @@ class Repository:
     async def counts(self) -> TaskCounts:
         async with self.transaction() as tx:
             by_status = {s.value: 0 for s in TaskStatus}
-            by_status.update({r[0]: int(r[1]) for r in await tx.conn.fetch(_COUNT_STATUSES)})
-            rows, oldest_s = await tx.conn.fetchrow(_OUTBOX_LAG)
+            by_status.update({r[0]: int(r[1]) for r in await tx.conn.fetch(sql.COUNT_STATUSES)})
+            rows, oldest_s = await tx.conn.fetchrow(sql.OUTBOX_LAG)
         return TaskCounts(by_status, int(rows), float(oldest_s))
 
     async def stale_images(self, older_than_s: float, limit: int = 500) -> list[ImageRow]:
         """Unstored images of active tasks that nothing has touched for ``older_than_s``."""
         async with self.autocommit() as tx:
-            rows = await tx.conn.fetch(_STALE_IMAGES, ACTIVE_VALUES, older_than_s, limit)
+            rows = await tx.conn.fetch(sql.STALE_IMAGES, sql.ACTIVE_VALUES, older_than_s, limit)
         return [ImageRow.of(r) for r in rows]
