@@ -34,41 +34,14 @@ from services import metrics
 from services.db.engine import Database, Driver
 from services.db.errors import DatabaseUnavailable, RepositoryError, is_unavailable, translated
 from services.db.rows import ImageRow, TaskRow, split_joined
-from services.db.statements import (
-    ACTIVE_VALUES,
-    JOINED_COLUMNS,
-    MARK_SUBMITS,
-    RECORD_PROVIDER_TASKS,
-)
+from services.db.statements import ACTIVE_VALUES, CLAIM, RUNNING_SLOTS, SETTLE
 
-# One round trip: for each image, a free slot (not one this process holds), then the image
-# (migrations 0002 and 0005); for each image won, its submit marked and its task read.
-_CLAIM = (
-    "WITH w AS MATERIALIZED (SELECT * FROM unnest($6::int[], $7::text[], $8::int[],"
-    " imagegen_acquire_many($1, $2, $3, $4::int[], $5, $6::int[]))"
-    " WITH ORDINALITY AS w(image_id, task_id, dispatch, slot, n)),"
-    f" {MARK_SUBMITS}"
-    f" SELECT w.n AS claim_n, w.slot AS claim_slot, {JOINED_COLUMNS} FROM w"
-    " LEFT JOIN tasks t ON w.slot >= 0 AND t.id = w.task_id"
-    ' LEFT JOIN task_images i ON i.task_id = t.id ORDER BY w.n, i."index"'
-)
 KEEPER_SESSION = {"plan_cache_mode": "force_custom_plan"}
 """The keeper plans each call afresh. Its statements look images up by the ids they carry,
 and a plan kept for good while the tables were nearly empty (on a new database, and on one
 never analyzed) scanned them whole as they grew: 460 against 35 us per call in the
 throughput benchmark."""
-# One round trip: provider task ids stored, then slots and images given back.
-_SETTLE = (
-    f"WITH {RECORD_PROVIDER_TASKS}"
-    " SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) s"
-    " UNION ALL SELECT pg_advisory_unlock($3, i) FROM unnest($4::int[]) i"
-)
 IMAGE_HELD_ELSEWHERE = -1
-_RUNNING = (
-    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-    "AND classid::bigint = $1 AND objsubid = 2 "
-    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-)
 MAX_PAUSE_S = 0.2
 LINGER_S = 0.05
 """How long the lock of an image stored for good may wait for another keeper call to carry
@@ -165,7 +138,7 @@ class ProviderSlots:
         image otherwise)."""
         async with self._session() as keeper:
             await keeper.fetch(
-                _CLAIM, self.slot_class, 0, 0, [], self.image_class, [0], [None], [0], ACTIVE_VALUES
+                CLAIM, self.slot_class, 0, 0, [], self.image_class, [0], [None], [0], ACTIVE_VALUES
             )
 
     @asynccontextmanager
@@ -285,7 +258,7 @@ class ProviderSlots:
         self._wanted.clear()
         begins = [begin or (None, None) for begin, _ in wanted.values()]
         rows = await keeper.fetch(
-            _CLAIM,
+            CLAIM,
             self.slot_class,
             self.size,
             random.randrange(self.size),
@@ -357,7 +330,7 @@ class ProviderSlots:
         self._slots.difference_update(slots)
         try:
             await keeper.fetch(
-                _SETTLE,
+                SETTLE,
                 self.slot_class,
                 slots,
                 self.image_class,
@@ -386,7 +359,7 @@ class ProviderSlots:
         if self._counted is not None and now - self._counted[0] <= max_age_s:
             return self._counted[1]
         async with self.db.checkout() as conn:
-            count = int(await conn.fetchval(_RUNNING, self.slot_class) or 0)
+            count = int(await conn.fetchval(RUNNING_SLOTS, self.slot_class) or 0)
         self._counted = (now, count)
         return count
 

@@ -1,5 +1,5 @@
-"""The SQL of the repository and of the lock keeper's calls that write images, with the
-helpers that build its variable parts."""
+"""Every SQL statement of the data path: the repository's and the lock keeper's, with the
+helpers that build their variable parts."""
 
 from __future__ import annotations
 
@@ -54,8 +54,7 @@ WRITTEN_OR_CURRENT = "SELECT true AS written, * FROM t UNION ALL SELECT false, *
 TOUCH = f"UPDATE tasks SET version = version + 1, updated_at = now() {CAS} RETURNING *"
 OUTBOX_COLUMNS = "exchange, routing_key, body, headers, message_id, correlation_id"
 # Stores provider task ids ($5, image ids; $6, the ids), each counting as a submit and
-# taking its submit's mark away. A common table expression of the keeper's settle call
-# (``services/db/locks.py``).
+# taking its submit's mark away. A common table expression of the keeper's ``SETTLE``.
 RECORD_PROVIDER_TASKS = (
     "recorded AS (UPDATE task_images i SET provider_task_id = r.provider_task_id,"
     " updated_at = now(), submits = i.submits + 1, submit_started_at = NULL"
@@ -64,8 +63,8 @@ RECORD_PROVIDER_TASKS = (
 # Marks the submits of the images in ``w`` (image_id, task_id, dispatch, slot) that hold a
 # slot and are live at their dispatch with no provider task yet, counting an earlier mark
 # left unrecorded; $9 is the active statuses. A common table expression of the keeper's
-# claim (``services/db/locks.py``), whose read of the rows shares its snapshot: they show
-# the images as they were before the mark.
+# ``CLAIM``, whose read of the rows shares its snapshot: they show the images as they were
+# before the mark.
 MARK_SUBMITS = (
     "mark AS (UPDATE task_images i SET submit_started_at = now(),"
     " unrecorded_submits = i.unrecorded_submits + (i.submit_started_at IS NOT NULL)::int"
@@ -92,6 +91,30 @@ STALE_IMAGES = (
 )
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 """The active statuses as the statements take them (``MARK_SUBMITS``'s $9 among them)."""
+
+# One round trip: for each image, a free slot (not one this process holds), then the image
+# (migrations 0002 and 0005); for each image won, its submit marked and its task read.
+CLAIM = (
+    "WITH w AS MATERIALIZED (SELECT * FROM unnest($6::int[], $7::text[], $8::int[],"
+    " imagegen_acquire_many($1, $2, $3, $4::int[], $5, $6::int[]))"
+    " WITH ORDINALITY AS w(image_id, task_id, dispatch, slot, n)),"
+    f" {MARK_SUBMITS}"
+    f" SELECT w.n AS claim_n, w.slot AS claim_slot, {JOINED_COLUMNS} FROM w"
+    " LEFT JOIN tasks t ON w.slot >= 0 AND t.id = w.task_id"
+    ' LEFT JOIN task_images i ON i.task_id = t.id ORDER BY w.n, i."index"'
+)
+# One round trip: provider task ids stored, then slots and images given back.
+SETTLE = (
+    f"WITH {RECORD_PROVIDER_TASKS}"
+    " SELECT pg_advisory_unlock($1, s) FROM unnest($2::int[]) s"
+    " UNION ALL SELECT pg_advisory_unlock($3, i) FROM unnest($4::int[]) i"
+)
+# Provider calls in flight: the slot locks held across every session of the namespace.
+RUNNING_SLOTS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND classid::bigint = $1 AND objsubid = 2 "
+    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 
 
 def json_text(value: dict[str, Any] | None) -> str | None:
