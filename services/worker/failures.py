@@ -29,11 +29,7 @@ class Failures:
 
     async def record(self, msg: ImageMessage, image: ImageRow, exc: ProviderError) -> None:
         error = str(exc)
-
-        async def work(tx: Tx) -> RetryLater | FailNow:
-            return await self._write(tx, msg, exc, error)
-
-        decision = await self.repo.atomic(work)
+        decision = await self.repo.atomic(lambda tx: self._write(tx, msg, exc, error))
         self._report(msg, image, exc, error, decision)
 
     async def _write(
