@@ -113,8 +113,12 @@ def markdown(data: dict[str, Any]) -> str:
         out += _section(
             "4. Latency overhead (half of scenario 1's throughput, zero provider latency)",
             rows,
-            "p50/p95/p99: each task's end-to-end time less the time its last image spent"
-            " inside provider calls (the floor has none); e2e_: end to end. Ratio to the"
+            "Each system ran in interleaved project/floor pairs at the same rate; the"
+            " percentiles are over the tasks of all its runs, and `runs_p99_ms` gives each"
+            " run's p99 in run order. p50/p95/p99: each task's end-to-end time less the time"
+            " its last image spent inside provider calls (the floor has none); e2e_: end to"
+            " end. `p99_after_first_s_ms` leaves out the tasks of each run's first second."
+            " Ratio to the"
             f" floor: p50 {lat['p50_ratio_to_floor']}, p99 {lat['p99_ratio_to_floor']}."
             f" Targets (project): {lat['targets']}.",
         )
