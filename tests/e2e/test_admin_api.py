@@ -13,6 +13,7 @@ import pytest
 
 from services.admin.app import create_app
 from services.config import Settings, load_settings
+from services.provider.simulator import RunningSimulator
 from services.provider.simulator.server import EmbeddedServer, free_port
 from services.runtime import Wiring
 from tests.proxy import Proxy
@@ -138,13 +139,15 @@ async def test_unknown_tasks_answer_404(api: httpx.AsyncClient) -> None:
 
 
 async def test_a_pending_task_can_be_cancelled_over_http(
-    api: httpx.AsyncClient, service: Wiring
+    api: httpx.AsyncClient, service: Wiring, sim: RunningSimulator
 ) -> None:
     from services.db.rows import NewTask
     from services.intake.commands import create_task
 
     # Created through the same command as an event; the cancel then races the worker,
-    # and PENDING and GENERATING_IMAGES are both cancellable.
+    # and PENDING and GENERATING_IMAGES are both cancellable. The provider takes a
+    # second an image, so the worker cannot finish the task first.
+    sim.sim.configure({"latency_s": 1.0})
     created = await create_task(
         service.repo, service.events, NewTask(id="http-cancel-1", user_id="u", prompt="p")
     )
