@@ -211,10 +211,12 @@ def status(task_id: str) -> None:
     async def show() -> None:
         from services.admin.views import task_view
         from services.db.engine import Database
+        from services.db.migrate import check_schema
         from services.db.repository import Repository
 
         db = Database(_settings().database_url, size=1, overflow=0)
         try:
+            await check_schema(db)
             found = await Repository(db).get_task(task_id)
         finally:
             await db.close()
@@ -249,6 +251,7 @@ def queue() -> None:
         from services.broker.topology import Topology
         from services.db.engine import Database
         from services.db.locks import ProviderSlots
+        from services.db.migrate import check_schema
 
         settings = _settings()
         topology = Topology(settings.namespace, settings.retry_ttl_scale)
@@ -258,6 +261,7 @@ def queue() -> None:
             import aio_pika
 
             probe.connection = await aio_pika.connect_robust(settings.amqp_url)
+            await check_schema(db)
             running = await ProviderSlots(db, settings.namespace, settings.max_concurrent).running()
             depths = await probe.depths(topology.all_queues)
         finally:

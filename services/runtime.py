@@ -27,6 +27,7 @@ from services.config import Settings
 from services.db.engine import Database
 from services.db.errors import DatabaseUnavailable
 from services.db.locks import ProviderSlots
+from services.db.migrate import check_schema
 from services.db.pacing import SubmitPacer
 from services.db.repository import Repository
 from services.events import Events
@@ -114,6 +115,12 @@ async def _warm(opening: Coroutine[Any, Any, None]) -> None:
         )
 
 
+async def _ready(db: Database, connections: int) -> None:
+    """Refuse a database without this release's schema, then open the pool."""
+    await check_schema(db)
+    await db.warm(connections)
+
+
 @asynccontextmanager
 async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
     db = Database(settings.database_url, size=settings.db_pool_size, overflow=0)
@@ -134,7 +141,7 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
         )
         slots = ProviderSlots(db, settings.namespace, settings.max_concurrent)
         stack.push_async_callback(slots.close)
-        await _warm(db.warm(settings.db_pool_size))
+        await _warm(_ready(db, settings.db_pool_size))
         yield Wiring(
             settings=settings,
             repo=Repository(db),

@@ -8,9 +8,9 @@ import contextlib
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from aio_pika.exceptions import AMQPError
+from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 
-from services.broker.errors import BrokerUnavailable
+from services.broker.errors import BrokerUnavailable, TopologyMissing
 from services.broker.topology import RECONNECT_INTERVAL_S, Topology, queue_depth
 from services.logs import get_logger
 
@@ -61,13 +61,24 @@ class BrokerProbe:
         return self._channel
 
     async def depths(self, names: list[str]) -> dict[str, int]:
-        """Ready messages per queue; BrokerUnavailable when RabbitMQ does not answer."""
+        """Ready messages per queue; BrokerUnavailable when RabbitMQ does not answer,
+        TopologyMissing when a queue is not there."""
+        depths: dict[str, int] = {}
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 channel = await self._get_channel()
-                return {name: await queue_depth(channel, name) for name in names}
+                for name in names:
+                    depths[name] = await queue_depth(channel, name)
+                return depths
         except BrokerUnavailable:
             raise
+        except ChannelNotFoundEntity:
+            self._channel = None  # the broker closed it
+            missing = names[len(depths)]
+            raise TopologyMissing(
+                f"queue {missing} does not exist: the service declares its queues when it"
+                " starts; has it run with this IMAGEGEN_NAMESPACE?"
+            ) from None
         except (AMQPError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
             self._channel = None
             raise BrokerUnavailable(f"RabbitMQ did not answer: {exc.__class__.__name__}") from exc

@@ -14,6 +14,11 @@ class BrokerUnavailable(BrokerError):
     """RabbitMQ cannot be reached right now."""
 
 
+class TopologyMissing(BrokerUnavailable):
+    """RabbitMQ answers, but a queue of the namespace is not there: no process of it has
+    started (each declares the topology), or someone deleted the queue."""
+
+
 class PublishReturned(BrokerError):
     """A mandatory message could not be routed to any queue."""
 

@@ -1,12 +1,28 @@
-"""Alembic, driven from code: the CLI's ``migrate`` and the tests use these."""
+"""Alembic, driven from code: the CLI's ``migrate`` and the tests use these, and every
+role checks the database's schema with ``check_schema`` before it serves."""
 
 from __future__ import annotations
 
 import asyncio
 from importlib.resources import files
 
+import asyncpg
 from alembic import command
 from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from services.db.engine import Database
+from services.db.errors import RepositoryError
+from services.logs import get_logger
+
+log = get_logger("imagegen.migrate")
+CURRENT_REVISION = "SELECT version_num FROM alembic_version"
+HAS_REVISION = "SELECT to_regclass('alembic_version') IS NOT NULL"
+
+
+class NotMigrated(RepositoryError):
+    """The database lacks the schema this release's statements need: run ``imagegen
+    migrate`` (``imagegen run`` does it by itself)."""
 
 
 def alembic_config(database_url: str) -> Config:
@@ -15,6 +31,12 @@ def alembic_config(database_url: str) -> Config:
     config.set_main_option("script_location", str(files("migrations")))
     config.set_main_option("sqlalchemy.url", database_url)
     return config
+
+
+def revisions() -> list[str]:
+    """This release's schema revisions, the newest first."""
+    script = ScriptDirectory.from_config(alembic_config(""))
+    return [revision.revision for revision in script.walk_revisions()]
 
 
 def _upgrade(database_url: str, revision: str) -> None:
@@ -32,3 +54,36 @@ async def upgrade(database_url: str, revision: str = "head") -> None:
 
 async def downgrade(database_url: str, revision: str = "base") -> None:
     await asyncio.to_thread(_downgrade, database_url, revision)
+
+
+async def check_schema(db: Database) -> None:
+    """Raise ``NotMigrated`` when the database is missing or its schema is older than this
+    release's: a role that served it anyway would fail on its first statement, and the
+    intake would park every task it was sent as an internal error.
+
+    A revision this release does not know (the next release's, migrated while this one
+    still runs, as in a rolling upgrade) is logged and accepted rather than stopping the
+    processes still serving. ``DatabaseUnavailable`` when it cannot be read now."""
+    ours = revisions()
+    try:
+        async with db.checkout() as conn:
+            current = None
+            if await conn.fetchval(HAS_REVISION):
+                current = await conn.fetchval(CURRENT_REVISION)
+    except RepositoryError as exc:
+        if isinstance(exc.__cause__, asyncpg.InvalidCatalogNameError):
+            raise NotMigrated(f"{exc}: run `imagegen migrate`, which creates it") from exc
+        raise
+    if current == ours[0]:
+        return
+    if current is None or current in ours:
+        raise NotMigrated(
+            f"the database's schema is at revision {current or 'none'}, and this release"
+            f" needs {ours[0]}: run `imagegen migrate` first"
+        )
+    log.warning(
+        "the database's schema is newer than this release's",
+        action="schema_newer",
+        revision=current,
+        ours=ours[0],
+    )

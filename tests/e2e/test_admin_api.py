@@ -237,3 +237,15 @@ async def test_readyz_says_503_while_rabbitmq_is_unreachable_and_200_once_it_is_
             await asyncio.sleep(0.1)
         assert (await client.get("/readyz")).status_code == 200
         await proxy.stop()
+
+
+async def test_a_namespace_whose_queues_do_not_exist_is_named_as_such_not_as_an_outage(
+    service: Wiring,
+) -> None:
+    async for client in _serve(_with(service.settings, namespace="never-started")):
+        status = await client.get("/api/queue/status")
+        assert status.status_code == 503
+        assert status.json()["error"].startswith("queue never-started.images does not exist")
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["postgresql"] == "ok"
+        assert "never-started.images does not exist" in ready.json()["checks"]["rabbitmq"]

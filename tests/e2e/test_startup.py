@@ -1,5 +1,6 @@
 """Starting the service: connections opened before the first message, a database that is
-down at start reported rather than fatal, and one that cannot be right refused at once."""
+down at start reported rather than fatal, and one that cannot be right (missing, or
+without this release's schema) refused at once, before a message is taken."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from collections.abc import AsyncIterator, Callable
 
 import aio_pika
 import pytest
+from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
-from services.broker.topology import Topology
+from services.broker.topology import Topology, queue_counts
 from services.config import Settings, load_settings
-from services.db.errors import RepositoryError
+from services.db.engine import Database, drop_database, ensure_database
+from services.db.migrate import NotMigrated, revisions, upgrade
 from services.runtime import Role, Wiring, run, wiring
 
 
@@ -99,5 +102,66 @@ async def test_a_service_pointed_at_a_missing_database_refuses_to_start_with_the
     own_namespace: Callable[..., Settings],
 ) -> None:
     settings = own_namespace(database_url="postgresql+asyncpg://postgres@127.0.0.1/no_such_db")
-    with pytest.raises(RepositoryError, match='database "no_such_db" does not exist'):
+    with pytest.raises(
+        NotMigrated, match=r'database "no_such_db" does not exist.*imagegen migrate'
+    ):
         await _started(settings, lambda wired: None)
+
+
+@pytest.fixture
+async def scratch_database(e2e_settings: Settings) -> AsyncIterator[str]:
+    """An empty database of its own, dropped afterwards."""
+    url = (
+        make_url(e2e_settings.database_url)
+        .set(database=f"imagegen_scratch_{uuid.uuid4().hex[:8]}")
+        .render_as_string(hide_password=False)
+    )
+    await ensure_database(url)
+    yield url
+    await drop_database(url)
+
+
+async def test_a_service_on_a_database_never_migrated_refuses_to_start_and_takes_no_task(
+    own_namespace: Callable[..., Settings], scratch_database: str
+) -> None:
+    settings = own_namespace(database_url=scratch_database)
+    topology = Topology(settings.namespace, settings.retry_ttl_scale)
+    connection = await aio_pika.connect_robust(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        await topology.declare(channel)
+        tasks = await channel.get_exchange(topology.tasks_exchange)
+        body = b'{"task_id": "t-unmigrated", "prompt": "a fox", "image_count": 1}'
+        await tasks.publish(aio_pika.Message(body), routing_key="task.created")
+
+        with pytest.raises(NotMigrated, match=r"at revision none.*run `imagegen migrate`"):
+            await asyncio.wait_for(run(settings, [Role.INTAKE, Role.WORKER]), 30)
+
+        assert (await queue_counts(channel, topology.intake_queue)).messages == 1
+        assert (await queue_counts(channel, topology.dead_queue)).messages == 0
+
+
+async def test_a_service_on_a_database_one_migration_behind_names_both_revisions(
+    own_namespace: Callable[..., Settings], scratch_database: str
+) -> None:
+    newest, previous = revisions()[:2]
+    await upgrade(scratch_database, previous)
+    settings = own_namespace(database_url=scratch_database)
+    with pytest.raises(
+        NotMigrated, match=f"at revision {previous}, and this release needs {newest}"
+    ):
+        await _started(settings, lambda wired: None)
+
+
+async def test_a_service_on_a_database_migrated_by_a_newer_release_starts_and_says_so(
+    own_namespace: Callable[..., Settings], scratch_database: str
+) -> None:
+    await upgrade(scratch_database)
+    db = Database(scratch_database)
+    async with db.checkout() as conn:
+        await conn.execute("UPDATE alembic_version SET version_num = 'next-release'")
+    await db.close()
+    with capture_logs() as logs:
+        await _started(own_namespace(database_url=scratch_database), lambda wired: None)
+    newer = [e for e in logs if e.get("action") == "schema_newer"]
+    assert newer and newer[0]["revision"] == "next-release" and newer[0]["ours"] == revisions()[0]
