@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractQueue, DeliveryMode
 
+from services.broker.errors import TopologyMissing
 from services.broker.topology import Topology
 from services.config import Settings
 
@@ -56,16 +57,23 @@ async def publish_created(
     exchange = await channel.declare_exchange(
         topology.tasks_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    await exchange.publish(
-        aio_pika.Message(
-            json.dumps(body).encode(),
-            content_type="application/json",
-            delivery_mode=DeliveryMode.PERSISTENT,
-            correlation_id=correlation_id,
-        ),
-        routing_key="task.created",
-        mandatory=True,
-    )
+    try:
+        await exchange.publish(
+            aio_pika.Message(
+                json.dumps(body).encode(),
+                content_type="application/json",
+                delivery_mode=DeliveryMode.PERSISTENT,
+                correlation_id=correlation_id,
+            ),
+            routing_key="task.created",
+            mandatory=True,
+        )
+    except aio_pika.exceptions.PublishError:
+        raise TopologyMissing(
+            f"no queue takes task.created from {topology.tasks_exchange}, so the task was"
+            " not sent: the service declares its queues when it starts; has it run with this"
+            " IMAGEGEN_NAMESPACE?"
+        ) from None
 
 
 async def events_of(
