@@ -22,7 +22,7 @@ from services.broker.errors import BrokerUnavailable
 from services.broker.topology import Topology
 from services.config import Settings
 from services.db.engine import Database
-from services.db.errors import RepositoryError
+from services.db.errors import DatabaseUnavailable, RepositoryError
 from services.db.locks import ProviderSlots
 from services.db.repository import Repository
 from services.events import Events
@@ -32,8 +32,12 @@ from services.intake.schema import (
     MAX_PROMPT_CHARS,
     InvalidRequest,
     TaskCreated,
+    is_task_id,
     validate,
 )
+from services.logs import get_logger
+
+log = get_logger("imagegen.admin")
 
 TASKS_BY_STATUS = Gauge("imagegen_tasks", "Tasks by status", ["status"])
 OUTBOX_ROWS = Gauge("imagegen_outbox_rows", "Outbox rows not yet published")
@@ -127,9 +131,15 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(fail(str(exc.detail)), exc.status_code)
 
+    @app.exception_handler(DatabaseUnavailable)
+    async def db_unavailable(request: Request, exc: DatabaseUnavailable) -> JSONResponse:
+        return JSONResponse(fail(str(exc)), 503)
+
     @app.exception_handler(RepositoryError)
     async def db_error(request: Request, exc: RepositoryError) -> JSONResponse:
-        return JSONResponse(fail(f"database unavailable: {exc}"), 503)
+        # The database answered and refused: not an outage, and its words stay in the log.
+        log.error("database error", action="admin_db_error", path=request.url.path, error=str(exc))
+        return JSONResponse(fail("database error: see the service's log"), 500)
 
     @app.exception_handler(BrokerUnavailable)
     async def mq_error(request: Request, exc: BrokerUnavailable) -> JSONResponse:
@@ -238,13 +248,15 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
 
     @app.get("/api/tasks/{task_id}", dependencies=[Depends(_authorized)])
     async def get_task(task_id: str, deps: Deps) -> dict[str, Any]:
-        found = await deps.repo.get_task(task_id)
+        found = await deps.repo.get_task(task_id) if is_task_id(task_id) else None
         if found is None:
             raise ApiError(404, "Task not found")
         return ok(task_view(*found))
 
     @app.post("/api/tasks/{task_id}/cancel", dependencies=[Depends(_authorized)])
     async def cancel(task_id: str, deps: Deps) -> dict[str, Any]:
+        if not is_task_id(task_id):
+            raise ApiError(404, "Task not found")
         result = await cancel_task(
             deps.repo, deps.events, task_id, "cancelled through the admin API"
         )

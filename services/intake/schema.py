@@ -115,10 +115,15 @@ def decode(body: bytes) -> dict[str, Any]:
     return value
 
 
+def is_task_id(value: object) -> bool:
+    """Whether ``value`` is a task id as the contract allows: 1 to 64 of [A-Za-z0-9._:-]."""
+    return isinstance(value, str) and _TASK_ID.fullmatch(value) is not None
+
+
 def usable_task_id(value: dict[str, Any]) -> str | None:
     """The ``task_id`` of a rejected message, when it is one we can name in an event."""
     task_id = value.get("task_id")
-    return task_id if isinstance(task_id, str) and _TASK_ID.match(task_id) else None
+    return task_id if is_task_id(task_id) else None
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from services.admin.app import create_app
 from services.config import Settings, load_settings
@@ -136,6 +137,52 @@ async def test_unknown_tasks_answer_404(api: httpx.AsyncClient) -> None:
     assert (await api.get("/api/tasks/nope")).status_code == 404
     cancel = await api.post("/api/tasks/nope/cancel")
     assert cancel.status_code == 404 and cancel.json()["success"] is False
+
+
+@pytest.mark.parametrize("task_id", ["bad%00id", "x" * 65, "a%20b", "%C3%A9t%C3%A9"])
+async def test_ids_no_task_can_have_answer_404_even_where_the_database_could_not_read_them(
+    api: httpx.AsyncClient, task_id: str
+) -> None:
+    for answer in (
+        await api.get(f"/api/tasks/{task_id}"),
+        await api.post(f"/api/tasks/{task_id}/cancel"),
+    ):
+        assert answer.status_code == 404 and answer.json()["error"] == "Task not found"
+
+
+async def test_task_routes_answer_503_while_the_database_is_unreachable(service: Wiring) -> None:
+    # Nothing listens on port 9 (discard) here: every connection attempt is refused.
+    unreachable = "postgresql+asyncpg://postgres@127.0.0.1:9/imagegen"
+    async for client in _serve(_with(service.settings, database_url=unreachable)):
+        answer = await client.get("/api/tasks/t-anything")
+        assert answer.status_code == 503
+        assert answer.json()["error"].startswith("database unavailable")
+
+
+async def test_a_database_that_refuses_a_statement_is_a_500_whose_details_stay_in_the_log(
+    service: Wiring,
+) -> None:
+    from sqlalchemy.engine import make_url
+
+    from services.db.engine import drop_database, ensure_database
+
+    # A database without the service's tables: every statement is refused.
+    url = make_url(service.settings.database_url).set(database="imagegen_bare_for_admin")
+    bare = url.render_as_string(hide_password=False)
+    await ensure_database(bare)
+    try:
+        async for client in _serve(_with(service.settings, database_url=bare)):
+            with capture_logs() as logs:
+                answer = await client.get("/api/tasks/t-anything")
+            assert answer.status_code == 500
+            assert answer.json() == {
+                "success": False,
+                "error": "database error: see the service's log",
+            }
+            logged = [e for e in logs if e.get("action") == "admin_db_error"]
+            assert logged and 'relation "tasks" does not exist' in logged[0]["error"]
+    finally:
+        await drop_database(bare)
 
 
 async def test_a_pending_task_can_be_cancelled_over_http(
