@@ -41,13 +41,13 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 async def _migrate(settings: Settings) -> None:
+    from services.db import migrate as schema
     from services.db.engine import ensure_database
-    from services.db.migrate import upgrade
 
     if await ensure_database(settings.database_url):
         log.info("database created", action="migrate")
-    await upgrade(settings.database_url)
-    log.info("migrations applied", action="migrate")
+    if await schema.migrate(settings.database_url):
+        log.info("migrations applied", action="migrate")
 
 
 async def _serve(settings: Settings, roles: list[str], migrate: bool, demo: bool) -> None:

@@ -56,34 +56,59 @@ async def downgrade(database_url: str, revision: str = "base") -> None:
     await asyncio.to_thread(_downgrade, database_url, revision)
 
 
-async def check_schema(db: Database) -> None:
-    """Raise ``NotMigrated`` when the database is missing or its schema is older than this
-    release's: a role that served it anyway would fail on its first statement, and the
-    intake would park every task it was sent as an internal error.
-
-    A revision this release does not know (the next release's, migrated while this one
-    still runs, as in a rolling upgrade) is logged and accepted rather than stopping the
-    processes still serving. ``DatabaseUnavailable`` when it cannot be read now."""
-    ours = revisions()
+async def _revision(db: Database) -> str | None:
+    """The revision Alembic recorded in the database; None before its first migration."""
     try:
         async with db.checkout() as conn:
-            current = None
-            if await conn.fetchval(HAS_REVISION):
-                current = await conn.fetchval(CURRENT_REVISION)
+            if not await conn.fetchval(HAS_REVISION):
+                return None
+            revision: str | None = await conn.fetchval(CURRENT_REVISION)
+            return revision
     except RepositoryError as exc:
         if isinstance(exc.__cause__, asyncpg.InvalidCatalogNameError):
             raise NotMigrated(f"{exc}: run `imagegen migrate`, which creates it") from exc
         raise
-    if current == ours[0]:
-        return
+
+
+def _newer(current: str | None, ours: list[str]) -> bool:
+    """Whether ``current`` is a revision this release does not know (the next release's,
+    migrated while this one still runs, as in a rolling upgrade); logged when it is."""
     if current is None or current in ours:
-        raise NotMigrated(
-            f"the database's schema is at revision {current or 'none'}, and this release"
-            f" needs {ours[0]}: run `imagegen migrate` first"
-        )
+        return False
     log.warning(
         "the database's schema is newer than this release's",
         action="schema_newer",
         revision=current,
         ours=ours[0],
+    )
+    return True
+
+
+async def migrate(database_url: str) -> bool:
+    """Bring the database (which must exist) to this release's schema. False, leaving it
+    as it is, when a newer release has migrated it already: Alembic would refuse a
+    revision it cannot find, and this release's processes serve it as it is."""
+    db = Database(database_url, size=1, overflow=0)
+    try:
+        current = await _revision(db)
+    finally:
+        await db.close()
+    if _newer(current, revisions()):
+        return False
+    await upgrade(database_url)
+    return True
+
+
+async def check_schema(db: Database) -> None:
+    """Raise ``NotMigrated`` when the database is missing or its schema is older than this
+    release's: a role that served it anyway would fail on its first statement, and the
+    intake would park every task it was sent as an internal error. A newer schema is
+    served (``_newer``). ``DatabaseUnavailable`` when it cannot be read now."""
+    ours = revisions()
+    current = await _revision(db)
+    if current == ours[0] or _newer(current, ours):
+        return
+    raise NotMigrated(
+        f"the database's schema is at revision {current or 'none'}, and this release"
+        f" needs {ours[0]}: run `imagegen migrate` first"
     )

@@ -9,10 +9,11 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
+from structlog.testing import capture_logs
 
 from services.config import Settings
 from services.db.engine import Database, drop_database, ensure_database
-from services.db.migrate import downgrade, upgrade
+from services.db.migrate import downgrade, migrate, upgrade
 from services.db.models import Base
 
 
@@ -95,4 +96,26 @@ async def test_a_compare_and_set_finds_its_task_by_id_on_a_table_never_analyzed(
         assert any("(id)::text = $1" in c for c in conditions), conditions
     finally:
         await db.close()
+        await drop_database(url)
+
+
+async def test_migrating_brings_an_older_schema_up_and_leaves_a_newer_release_s_alone(
+    settings: Settings,
+) -> None:
+    url = _fresh(settings, "newer")
+    await ensure_database(url)
+    try:
+        assert await migrate(url), "from nothing to this release's schema"
+        assert await _diff(url) == []
+        db = Database(url)
+        async with db.checkout() as conn:
+            await conn.execute("UPDATE alembic_version SET version_num = 'next-release'")
+        with capture_logs() as logs:
+            assert not await migrate(url), "a revision this release does not know stays"
+        async with db.checkout() as conn:
+            assert await conn.fetchval("SELECT version_num FROM alembic_version") == "next-release"
+        await db.close()
+        newer = [e for e in logs if e.get("action") == "schema_newer"]
+        assert newer and newer[0]["revision"] == "next-release"
+    finally:
         await drop_database(url)
