@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+import aiormq
+from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 
 from services.broker.errors import BrokerUnavailable, TopologyMissing
-from services.broker.topology import RECONNECT_INTERVAL_S, Topology, queue_depth
+from services.broker.topology import RECONNECT_INTERVAL_S, Topology
 from services.logs import get_logger
 
 log = get_logger("imagegen.admin")
@@ -23,7 +24,7 @@ class BrokerProbe:
         self.amqp_url = amqp_url
         self.connection = connection
         self._owned = connection is None
-        self._channel: AbstractChannel | None = None
+        self._channel: aiormq.abc.AbstractChannel | None = None
         self._connecting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -49,15 +50,21 @@ class BrokerProbe:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._connecting
+        if self._channel is not None and not self._channel.is_closed:
+            with contextlib.suppress(AMQPError, OSError, ConnectionError):
+                await self._channel.close()
         if self._owned and self.connection is not None:
             await self.connection.close()
 
-    async def _get_channel(self) -> AbstractChannel:
+    async def _get_channel(self) -> aiormq.abc.AbstractChannel:
         connection = self.connection
-        if connection is None or connection.is_closed:
+        if connection is None or connection.is_closed or connection.transport is None:
             raise BrokerUnavailable("RabbitMQ is not connected")
         if self._channel is None or self._channel.is_closed:
-            self._channel = await connection.channel()
+            # A plain channel on the connection's current socket, not a robust one: the
+            # broker closes the channel of a passive declare that names a missing queue,
+            # and a robust channel would reopen itself in the background each time.
+            self._channel = await connection.transport.connection.channel()
         return self._channel
 
     async def depths(self, names: list[str]) -> dict[str, int]:
@@ -68,19 +75,18 @@ class BrokerProbe:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 channel = await self._get_channel()
                 for name in names:
-                    depths[name] = await queue_depth(channel, name)
+                    declared = await channel.queue_declare(queue=name, passive=True)
+                    depths[name] = int(declared.message_count or 0)
                 return depths
         except BrokerUnavailable:
             raise
         except ChannelNotFoundEntity:
-            self._channel = None  # the broker closed it
             missing = names[len(depths)]
             raise TopologyMissing(
                 f"queue {missing} does not exist: the service declares its queues when it"
                 " starts; has it run with this IMAGEGEN_NAMESPACE?"
             ) from None
         except (AMQPError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
-            self._channel = None
             raise BrokerUnavailable(f"RabbitMQ did not answer: {exc.__class__.__name__}") from exc
 
     async def check(self, topology: Topology) -> None:

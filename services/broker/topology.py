@@ -163,16 +163,10 @@ async def queue_counts(channel: AbstractChannel, name: str) -> QueueCounts:
     return QueueCounts(int(declared.message_count or 0), int(declared.consumer_count or 0))
 
 
-async def queue_depth(channel: AbstractChannel, name: str) -> int:
-    """Messages ready in a queue (it is never created by asking)."""
-    return (await queue_counts(channel, name)).messages
-
-
 __all__ = [
     "IMAGE_ROUTING_KEY",
     "QueueCounts",
     "RetryQueue",
     "Topology",
     "queue_counts",
-    "queue_depth",
 ]

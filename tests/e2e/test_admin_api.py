@@ -296,3 +296,25 @@ async def test_a_namespace_whose_queues_do_not_exist_is_named_as_such_not_as_an_
         ready = await client.get("/readyz")
         assert ready.status_code == 503 and ready.json()["checks"]["postgresql"] == "ok"
         assert "never-started.images does not exist" in ready.json()["checks"]["rabbitmq"]
+
+
+async def test_the_probe_keeps_one_channel_however_often_a_queue_is_missing(
+    service: Wiring,
+) -> None:
+    import aio_pika
+
+    from services.admin.broker import BrokerProbe
+    from services.broker.errors import TopologyMissing
+
+    connection = await aio_pika.connect_robust(service.settings.amqp_url)
+    async with connection:
+        probe = BrokerProbe(service.settings.amqp_url, connection)
+        for _ in range(3):  # each time, the broker closes the channel that asked
+            with pytest.raises(TopologyMissing, match=r"never-started\.images does not exist"):
+                await probe.depths(["never-started.images"])
+        depths = await probe.depths([service.topology.images_queue])
+        assert list(depths) == [service.topology.images_queue]
+        assert connection.transport is not None
+        assert len(connection.transport.connection.channels) == 1
+        await probe.close()
+        assert len(connection.transport.connection.channels) == 0
