@@ -70,9 +70,7 @@ async def publish_created(
         )
     except aio_pika.exceptions.PublishError:
         raise TopologyMissing(
-            f"no queue takes task.created from {topology.tasks_exchange}, so the task was"
-            " not sent: the service declares its queues when it starts; has it run with this"
-            " IMAGEGEN_NAMESPACE?"
+            f"no queue takes task.created from {topology.tasks_exchange}, so the task was not sent"
         ) from None
 
 

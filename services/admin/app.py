@@ -248,7 +248,9 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
 
     @app.get("/api/tasks/{task_id}", dependencies=[Depends(_authorized)])
     async def get_task(task_id: str, deps: Deps) -> dict[str, Any]:
-        found = await deps.repo.get_task(task_id) if is_task_id(task_id) else None
+        if not is_task_id(task_id):
+            raise ApiError(404, "Task not found")
+        found = await deps.repo.get_task(task_id)
         if found is None:
             raise ApiError(404, "Task not found")
         return ok(task_view(*found))

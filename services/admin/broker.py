@@ -82,10 +82,7 @@ class BrokerProbe:
             raise
         except ChannelNotFoundEntity:
             missing = names[len(depths)]
-            raise TopologyMissing(
-                f"queue {missing} does not exist: the service declares its queues when it"
-                " starts; has it run with this IMAGEGEN_NAMESPACE?"
-            ) from None
+            raise TopologyMissing(f"queue {missing} does not exist") from None
         except (AMQPError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
             raise BrokerUnavailable(f"RabbitMQ did not answer: {exc.__class__.__name__}") from exc
 

@@ -18,6 +18,12 @@ class TopologyMissing(BrokerUnavailable):
     """RabbitMQ answers, but a queue of the namespace is not there: no process of it has
     started (each declares the topology), or someone deleted the queue."""
 
+    def __init__(self, what: str) -> None:
+        super().__init__(
+            f"{what}: the service declares its queues when it starts; has it run with this"
+            " IMAGEGEN_NAMESPACE?"
+        )
+
 
 class PublishReturned(BrokerError):
     """A mandatory message could not be routed to any queue."""
