@@ -10,8 +10,10 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
+from rich.text import Text
 
 from services.aio import run
 from services.config import Settings, load_settings
@@ -33,10 +35,10 @@ def _run(coro: Coroutine[Any, Any, Any]) -> Any:
     try:
         return run(coro)
     except ImagegenError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     except (OSError, ConnectionError) as exc:
-        console.print(f"[red]error:[/red] cannot connect: {exc}")
+        console.print(f"[red]error:[/red] cannot connect: {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -176,8 +178,10 @@ async def _submit(
                 if kind == "task.image.retrying":
                     retry = event["retry"]
                     bar.console.print(
-                        f"image {retry['index']}: {retry['reason']}, "
-                        f"retry {retry['attempt']} in {retry['delay_s']} s"
+                        Text(
+                            f"image {retry['index']}: {retry['reason']}, "
+                            f"retry {retry['attempt']} in {retry['delay_s']} s"
+                        )
                     )
                 final = event
         if final is None:
@@ -185,9 +189,9 @@ async def _submit(
             raise typer.Exit(2)
         console.print(f"final status: [bold]{final['status']}[/bold]")
         for image in final.get("images") or []:
-            console.print(f"  image {image['index']}: {image['url']}", soft_wrap=True)
+            console.print(Text(f"  image {image['index']}: {image['url']}"), soft_wrap=True)
         if final.get("error"):
-            console.print(f"  error: {final['error']['message']}")
+            console.print(Text(f"  error: {final['error']['message']}"))
 
 
 @app.command()
@@ -221,25 +225,24 @@ def status(task_id: str) -> None:
         finally:
             await db.close()
         if found is None:
-            console.print(f"[red]no task {task_id}[/red]")
+            console.print(Text(f"no task {task_id}", style="red"))
             raise typer.Exit(1)
-        view = task_view(*found)
-        table = Table(show_header=False)
-        for key in (
-            "id",
-            "userId",
-            "status",
-            "prompt",
-            "createdAt",
-            "imageGenerationCompletedAt",
-            "errorMessage",
-        ):
-            table.add_row(key, str(view[key]))
-        for image in view["images"]:
-            table.add_row(f"image {image['index']}", image["url"])
-        console.print(table)
+        show_task(console, task_view(*found))
 
     _run(show())
+
+
+def show_task(out: Console, view: dict[str, Any]) -> None:
+    """A task's fields as a table, then each image's URL whole on a line of its own: a
+    table cuts a URL to the terminal's width, and a cut URL opens nothing. Values are
+    text, never markup, since a prompt or a provider's message may hold ``[/b]``."""
+    table = Table(show_header=False)
+    for key, value in view.items():
+        if key != "images" and value not in (None, {}):
+            table.add_row(key, Text(str(value)))
+    out.print(table)
+    for image in view["images"]:
+        out.print(Text(f"image {image['index']}: {image['url']}"), soft_wrap=True)
 
 
 @app.command()
@@ -281,5 +284,5 @@ def main() -> None:
     try:
         app()
     except ImagegenError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(1)
