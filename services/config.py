@@ -80,6 +80,25 @@ class Settings(BaseSettings):
             raise ValueError("must start with amqp:// or amqps://")
         return value
 
+    @field_validator("dashscope_api_key", mode="before")
+    @classmethod
+    def _key_given(cls, value: Any) -> Any:
+        # A key read from a secret file often ends in a newline, which no HTTP header may
+        # hold; an empty key would send every task to FAILED on InvalidApiKey.
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise ValueError("is empty: set a key, or unset it to use the built-in simulator")
+        return value
+
+    @field_validator("dashscope_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("http", "https") or not rest.strip("/"):
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
     @property
     def uses_simulator(self) -> bool:
         return self.dashscope_api_key is None
@@ -90,8 +109,11 @@ class Settings(BaseSettings):
 
 
 def _variable_name(field: str) -> str:
+    """The variable behind an error's location: a field's name, or its alias as read."""
     info = Settings.model_fields.get(field)
-    alias = info.validation_alias if info else None
+    if info is None:
+        return field
+    alias = info.validation_alias
     if isinstance(alias, AliasChoices):
         return str(alias.choices[0])
     return f"IMAGEGEN_{field.upper()}"

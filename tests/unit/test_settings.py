@@ -40,6 +40,14 @@ def test_the_environment_overrides_each_setting(monkeypatch: pytest.MonkeyPatch)
     assert "sk-secret" not in repr(s) and "sk-secret" not in str(s)
 
 
+def test_a_key_read_from_a_file_loses_its_trailing_newline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("DASHSCOPE_API_KEY", "sk-secret\n")
+    key = load_settings().dashscope_api_key
+    assert key is not None and key.get_secret_value() == "sk-secret"
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -50,6 +58,10 @@ def test_the_environment_overrides_each_setting(monkeypatch: pytest.MonkeyPatch)
         ("IMAGEGEN_DATABASE_URL", "mysql://x"),
         ("IMAGEGEN_AMQP_URL", "http://x"),
         ("IMAGEGEN_NAMESPACE", "bad name!"),
+        ("DASHSCOPE_API_KEY", ""),
+        ("DASHSCOPE_API_KEY", " \n"),
+        ("DASHSCOPE_BASE_URL", "dashscope.aliyuncs.com/api/v1"),
+        ("DASHSCOPE_BASE_URL", "https://"),
     ],
 )
 def test_a_bad_value_fails_with_a_message_naming_the_variable(
@@ -58,4 +70,4 @@ def test_a_bad_value_fails_with_a_message_naming_the_variable(
     monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError) as raised:
         load_settings()
-    assert name in str(raised.value)
+    assert str(raised.value).startswith(f"invalid settings: {name}=")
