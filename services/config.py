@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.errors import ConfigError
 
 _NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+_UNSET = {
+    "dashscope_api_key": "to use the built-in simulator",
+    "admin_token": "to leave /api open",
+}
 
 
 class Settings(BaseSettings):
@@ -80,15 +91,16 @@ class Settings(BaseSettings):
             raise ValueError("must start with amqp:// or amqps://")
         return value
 
-    @field_validator("dashscope_api_key", mode="before")
+    @field_validator("dashscope_api_key", "admin_token", mode="before")
     @classmethod
-    def _key_given(cls, value: Any) -> Any:
-        # A key read from a secret file often ends in a newline, which no HTTP header may
-        # hold; an empty key would send every task to FAILED on InvalidApiKey.
+    def _secret_given(cls, value: Any, info: ValidationInfo) -> Any:
+        # A secret read from a file often ends in a newline, which no HTTP header may hold;
+        # an empty provider key fails every task on InvalidApiKey, and an empty admin token
+        # would lock /api for good.
         if isinstance(value, str):
             value = value.strip()
             if not value:
-                raise ValueError("is empty: set a key, or unset it to use the built-in simulator")
+                raise ValueError(f"is empty: set it, or unset it {_UNSET[str(info.field_name)]}")
         return value
 
     @field_validator("dashscope_base_url")

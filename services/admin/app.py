@@ -82,8 +82,10 @@ def _authorized(request: Request, deps: Deps) -> None:
     token = deps.settings.admin_token
     if token is None:
         return
-    expected = f"Bearer {token.get_secret_value()}"
-    if not hmac.compare_digest(request.headers.get("authorization", ""), expected):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a 500 for
+    # anyone who sends one), and Starlette hands the header over decoded as latin-1.
+    sent = request.headers.get("authorization", "").encode("latin-1")
+    if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
         raise ApiError(401, "Unauthorized: a valid bearer token is required")
 
 

@@ -60,6 +60,7 @@ def test_a_key_read_from_a_file_loses_its_trailing_newline(
         ("IMAGEGEN_NAMESPACE", "bad name!"),
         ("DASHSCOPE_API_KEY", ""),
         ("DASHSCOPE_API_KEY", " \n"),
+        ("IMAGEGEN_ADMIN_TOKEN", ""),
         ("DASHSCOPE_BASE_URL", "dashscope.aliyuncs.com/api/v1"),
         ("DASHSCOPE_BASE_URL", "https://"),
     ],
