@@ -128,22 +128,33 @@ def simulator(
     seed: int | None = None,
 ) -> None:
     """Serve the DashScope simulator (point DASHSCOPE_BASE_URL at http://HOST:PORT/api/v1)."""
+    from pydantic import ValidationError
+
     from services.provider.simulator import SimConfig, serve
 
     setup_logging()
-    config = SimConfig(
-        api_key=api_key,
-        rate_per_s=rate,
-        running_limit=running_limit,
-        latency_s=latency,
-        p_429=p_429,
-        p_500=p_500,
-        p_503=p_503,
-        p_504=p_504,
-        p_hang=p_hang,
-        p_task_failed=p_task_failed,
-        seed=seed,
-    )
+    flags = {"rate_per_s": "--rate", "latency_s": "--latency"}
+    try:
+        config = SimConfig(
+            api_key=api_key,
+            rate_per_s=rate,
+            running_limit=running_limit,
+            latency_s=latency,
+            p_429=p_429,
+            p_500=p_500,
+            p_503=p_503,
+            p_504=p_504,
+            p_hang=p_hang,
+            p_task_failed=p_task_failed,
+            seed=seed,
+        )
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0])
+            flag = flags.get(name, "--" + name.replace("_", "-"))
+            problems.append(f"{flag}={error['input']}: {error['msg']}")
+        raise typer.BadParameter("; ".join(problems)) from None
     console.print(f"DashScope simulator on http://{host}:{port}/api/v1 (knobs: /_sim/config)")
     serve(config, host, port)
 

@@ -208,6 +208,19 @@ async def test_the_simulator_refuses_a_submit_without_the_async_header(
     assert response.status_code == 403 and response.json()["code"] == "AccessDenied"
 
 
+async def test_the_simulator_refuses_a_misspelt_or_out_of_range_knob_and_keeps_its_config(
+    sim: RunningSimulator,
+) -> None:
+    knobs = sim.base_url.removesuffix("/api/v1") + "/_sim/config"
+    async with httpx.AsyncClient() as http:
+        for change in ({"p429": 1.0}, {"p_429": 2}, [1]):
+            refused = await http.put(knobs, json=change)
+            assert refused.status_code == 400, change
+        assert (await http.get(knobs)).json()["p_429"] == 0.0
+        taken = await http.put(knobs, json={"p_429": 0.25})
+    assert taken.status_code == 200 and sim.sim.config.p_429 == 0.25
+
+
 @pytest.mark.parametrize(("status", "code", "kind"), [r for r in PROVIDER_TABLE if r[1]])
 async def test_every_documented_error_reaches_the_caller_typed(
     client: DashScopeClient, status: int, code: str, kind: object

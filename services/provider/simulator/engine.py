@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 MODELS = frozenset(
     {
@@ -36,6 +36,9 @@ _MARKER = re.compile(r"\[sim:([A-Za-z0-9_.:]+?)(?:@([\d,]+))?\]")
 
 class SimConfig(BaseModel):
     """Knobs, changeable at run time through ``PUT /_sim/config``."""
+
+    model_config = ConfigDict(extra="forbid")
+    """A misspelt knob is refused: ignored, it would leave a test running without its fault."""
 
     api_key: str = "sim-key"
     rate_per_s: float | None = Field(default=None, gt=0)
