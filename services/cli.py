@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from collections.abc import Coroutine
@@ -70,7 +71,10 @@ async def _serve(settings: Settings, roles: list[str], migrate: bool, demo: bool
             [service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
         )
         if ready.is_set():
-            await _submit(settings, "a cute cat wearing a tiny wizard hat", "demo", 4, True, 120)
+            with contextlib.suppress(typer.Exit):  # a failed demo task still leaves a service
+                await _submit(
+                    settings, "a cute cat wearing a tiny wizard hat", "demo", 4, True, 120
+                )
             console.print("[green]The service keeps running; press Ctrl+C to stop.[/green]")
     await service
 
@@ -198,17 +202,27 @@ async def _submit(
         if final is None:
             console.print(f"[yellow]no event for {idle_s:.0f} s; stopped waiting[/yellow]")
             raise typer.Exit(2)
-        console.print(f"final status: [bold]{final['status']}[/bold]")
+        # A rejected task.created has no status: it never became a task.
+        status = final["status"] or "rejected"
+        console.print(f"final status: [bold]{status}[/bold]")
         for image in final.get("images") or []:
             console.print(Text(f"  image {image['index']}: {image['url']}"), soft_wrap=True)
         if final.get("error"):
             console.print(Text(f"  error: {final['error']['message']}"))
+        if status != "IMAGES_READY":
+            raise typer.Exit(1)
 
 
 @app.command()
 def submit(
     prompt: str,
-    wait: Annotated[bool, typer.Option(help="Show progress until the task ends.")] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            help="Show progress until the task ends; exit 1 unless it ends IMAGES_READY, "
+            "2 if no event comes for --timeout seconds."
+        ),
+    ] = False,
     user_id: str = "cli",
     image_count: Annotated[int, typer.Option(min=1, max=4)] = 4,
     timeout: Annotated[

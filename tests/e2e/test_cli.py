@@ -1,5 +1,6 @@
-"""``imagegen status``, run as an operator runs it: a task is shown as it was written,
-whatever its prompt holds, with every image's URL whole on a narrow terminal."""
+"""The CLI run as an operator runs it, in its own process: ``imagegen status`` shows a
+task as it was written, whatever its prompt holds, with every image's URL whole on a narrow
+terminal; ``imagegen submit --wait`` tells by its exit code how the task ended."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from tests.e2e.conftest import Bus
 def imagegen(service: Wiring, *args: str) -> subprocess.CompletedProcess[str]:
     env = os.environ | {
         "IMAGEGEN_DATABASE_URL": service.settings.database_url,
+        "IMAGEGEN_AMQP_URL": service.settings.amqp_url,
+        "IMAGEGEN_NAMESPACE": service.settings.namespace,
         "COLUMNS": "60",
     }
     return subprocess.run(
@@ -46,3 +49,19 @@ async def test_status_of_an_id_with_brackets_says_there_is_no_such_task(
     shown = await asyncio.to_thread(imagegen, service, "status", "[/x]")
     assert shown.returncode == 1
     assert shown.stdout.strip() == "no task [/x]"
+
+
+async def test_submit_wait_exits_0_once_the_images_are_ready(service: Wiring) -> None:
+    shown = await asyncio.to_thread(
+        imagegen, service, "submit", "a fox", "--image-count", "1", "--wait", "--timeout", "20"
+    )
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "final status: IMAGES_READY" in shown.stdout
+
+
+async def test_submit_wait_exits_1_with_the_reason_when_the_task_is_rejected(
+    service: Wiring,
+) -> None:
+    shown = await asyncio.to_thread(imagegen, service, "submit", " ", "--wait", "--timeout", "20")
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "final status: rejected" in shown.stdout and "prompt is blank" in shown.stdout
