@@ -136,7 +136,6 @@ def simulator(
 
     from services.provider.simulator import SimConfig, serve
 
-    setup_logging()
     flags = {"rate_per_s": "--rate", "latency_s": "--latency"}
     try:
         config = SimConfig(
@@ -159,6 +158,7 @@ def simulator(
             flag = flags.get(name, "--" + name.replace("_", "-"))
             problems.append(f"{flag}={error['input']}: {error['msg']}")
         raise typer.BadParameter("; ".join(problems)) from None
+    setup_logging()
     console.print(f"DashScope simulator on http://{host}:{port}/api/v1 (knobs: /_sim/config)")
     serve(config, host, port)
 
