@@ -276,6 +276,7 @@ def queue() -> None:
 
     async def show() -> None:
         from services.admin.broker import BrokerProbe
+        from services.broker.connection import connect
         from services.broker.topology import Topology
         from services.db.engine import Database
         from services.db.locks import ProviderSlots
@@ -286,9 +287,7 @@ def queue() -> None:
         db = Database(settings.database_url, size=1, overflow=0)
         probe = BrokerProbe(settings.amqp_url)
         try:
-            import aio_pika
-
-            probe.connection = await aio_pika.connect_robust(settings.amqp_url)
+            probe.connection = await connect(settings.amqp_url, "imagegen-cli")
             await check_schema(db)
             running = await ProviderSlots(db, settings.namespace, settings.max_concurrent).running()
             depths = await probe.depths(topology.all_queues)

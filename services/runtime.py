@@ -16,13 +16,13 @@ from enum import StrEnum
 from functools import partial
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractRobustConnection
 from pydantic import SecretStr
 
+from services.broker.connection import connect
 from services.broker.consumer import Consumer, Handler
 from services.broker.publisher import Publisher
-from services.broker.topology import RECONNECT_INTERVAL_S, Topology
+from services.broker.topology import Topology
 from services.config import Settings
 from services.db.engine import Database
 from services.db.errors import DatabaseUnavailable
@@ -126,11 +126,7 @@ async def wiring(settings: Settings) -> AsyncIterator[Wiring]:
     db = Database(settings.database_url, size=settings.db_pool_size, overflow=0)
     async with AsyncExitStack() as stack:
         stack.push_async_callback(db.close)
-        connection = await aio_pika.connect_robust(
-            settings.amqp_url,
-            client_properties={"connection_name": "imagegen"},
-            reconnect_interval=RECONNECT_INTERVAL_S,
-        )
+        connection = await connect(settings.amqp_url, "imagegen")
         stack.push_async_callback(connection.close)
         topology = Topology(settings.namespace, settings.retry_ttl_scale)
         setup = await connection.channel()

@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractQueue, DeliveryMode
 
+from services.broker.connection import connect
 from services.broker.errors import TopologyMissing
 from services.broker.topology import Topology
 from services.config import Settings
@@ -34,7 +35,7 @@ async def watching(
 ) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, AbstractQueue]]:
     """A private, self-deleting queue bound to every status event."""
     topology = Topology(settings.namespace, settings.retry_ttl_scale)
-    connection = await aio_pika.connect_robust(settings.amqp_url)
+    connection = await connect(settings.amqp_url, "imagegen-cli")
     try:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         status = await channel.declare_exchange(

@@ -6,13 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
 from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 
+from services.broker.connection import connect
 from services.broker.errors import BrokerUnavailable, TopologyMissing
-from services.broker.topology import RECONNECT_INTERVAL_S, Topology
+from services.broker.topology import Topology
 from services.logs import get_logger
 
 log = get_logger("imagegen.admin")
@@ -34,12 +34,8 @@ class BrokerProbe:
     async def _connect(self) -> None:
         while self.connection is None:
             try:
-                self.connection = await aio_pika.connect_robust(
-                    self.amqp_url,
-                    client_properties={"connection_name": "imagegen-admin"},
-                    reconnect_interval=RECONNECT_INTERVAL_S,
-                )
-            except (TimeoutError, AMQPError, OSError, ConnectionError) as exc:
+                self.connection = await connect(self.amqp_url, "imagegen-admin")
+            except BrokerUnavailable as exc:
                 log.warning(
                     "RabbitMQ unreachable, retrying", action="broker_connect", error=str(exc)
                 )

@@ -17,8 +17,6 @@ from statemachine import ErrorKind, retry_delay_s
 from statemachine.retry import TIER_COUNT
 
 IMAGE_ROUTING_KEY = "image"
-RECONNECT_INTERVAL_S = 1.0
-"""How soon a lost broker connection is retried (aio-pika's default is 5 s)."""
 RECENT_STATUS_LIMIT = 10_000
 
 

@@ -1,6 +1,7 @@
 """Starting the service: connections opened before the first message, a database that is
 down at start reported rather than fatal, and one that cannot be right (missing, or
-without this release's schema) refused at once, before a message is taken."""
+without this release's schema) refused at once, before a message is taken; a broker that
+refuses the connection is named with the reason."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
 
+from services.broker.errors import BrokerUnavailable
 from services.broker.topology import Topology, queue_counts
 from services.config import Settings, load_settings
 from services.db.engine import Database, drop_database, ensure_database
@@ -105,6 +107,23 @@ async def test_a_service_pointed_at_a_missing_database_refuses_to_start_with_the
     with pytest.raises(
         NotMigrated, match=r'database "no_such_db" does not exist.*imagegen migrate'
     ):
+        await _started(settings, lambda wired: None)
+
+
+@pytest.mark.parametrize(
+    ("where", "reason"),
+    [
+        # Nothing listens on port 9 (discard) here: every connection attempt is refused.
+        ("guest:guest@127.0.0.1:9/", r"RabbitMQ at 127\.0\.0\.1:9 cannot be reached: .*111"),
+        ("guest:wrong@127.0.0.1:5672/", "refused the login of user 'guest': ACCESS_REFUSED"),
+        ("guest:guest@127.0.0.1:5672/no-such-vhost", "virtual host 'no-such-vhost'"),
+    ],
+)
+async def test_a_broker_that_refuses_the_connection_stops_the_start_with_the_reason(
+    own_namespace: Callable[..., Settings], where: str, reason: str
+) -> None:
+    settings = own_namespace(amqp_url=f"amqp://{where}")
+    with pytest.raises(BrokerUnavailable, match=reason):
         await _started(settings, lambda wired: None)
 
 

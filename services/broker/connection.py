@@ -1,0 +1,45 @@
+"""Opening the process's RabbitMQ connection, with the reason in our words when it fails."""
+
+from __future__ import annotations
+
+import aio_pika
+from aio_pika.abc import AbstractRobustConnection
+from aiormq.exceptions import (
+    AMQPError,
+    AuthenticationError,
+    InvalidFrameError,
+    ProbableAuthenticationError,
+)
+from yarl import URL
+
+from services.broker.errors import BrokerUnavailable
+
+RECONNECT_INTERVAL_S = 1.0
+"""How soon a lost broker connection is retried (aio-pika's default is 5 s)."""
+
+
+async def connect(url: str, name: str) -> AbstractRobustConnection:
+    """A robust connection named ``name`` in RabbitMQ's connection list; ``BrokerUnavailable``
+    saying why when the first attempt fails (later losses are reconnected by aio-pika)."""
+    where = URL(url)
+    broker = f"RabbitMQ at {where.host}:{where.port}"
+    try:
+        return await aio_pika.connect_robust(
+            url,
+            client_properties={"connection_name": name},
+            reconnect_interval=RECONNECT_INTERVAL_S,
+        )
+    except InvalidFrameError as exc:
+        # How aiormq reports the broker closing the connection as it opens, which RabbitMQ
+        # does for a virtual host that is missing or closed to the user.
+        vhost = where.path[1:] or "/"
+        raise BrokerUnavailable(
+            f"{broker} closed the connection as it opened: does the virtual host {vhost!r}"
+            " of IMAGEGEN_AMQP_URL exist, and may this user use it?"
+        ) from exc
+    except (AuthenticationError, ProbableAuthenticationError) as exc:
+        raise BrokerUnavailable(
+            f"{broker} refused the login of user {where.user!r}: {exc}"
+        ) from exc
+    except (TimeoutError, AMQPError, OSError) as exc:
+        raise BrokerUnavailable(f"{broker} cannot be reached: {exc}") from exc
