@@ -8,6 +8,12 @@ import sys
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor
+
+
+def _action_of_library(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    event_dict.setdefault("action", "library")
+    return event_dict
 
 
 def setup_logging(level: str = "INFO", fmt: str = "console") -> None:
@@ -16,15 +22,27 @@ def setup_logging(level: str = "INFO", fmt: str = "console") -> None:
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s", force=True)
+    stamped: list[Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # The libraries' own lines (aio-pika reconnecting, uvicorn failing to bind) come out in
+    # the same format as the service's, so a JSON log stays parseable line by line.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name, _action_of_library],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    logging.basicConfig(level=level, handlers=[handler], force=True)
     # Library chatter (httpx request lines, aio-pika reconnect noise) stays at WARNING.
     for name in ("httpx", "aio_pika", "aiormq", "uvicorn.access", "transitions", "alembic"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *stamped,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,

@@ -22,6 +22,7 @@ def _server(settings: Settings, deps: AdminDeps | None) -> uvicorn.Server:
         host="0.0.0.0",
         port=settings.http_port,
         log_level="warning",
+        log_config=None,  # its lines go through the service's log format (services/logs.py)
         access_log=False,
         timeout_graceful_shutdown=2,
     )

@@ -1,11 +1,14 @@
 """The CLI run as an operator runs it, in its own process: ``imagegen status`` shows a
 task as it was written, whatever its prompt holds, with every image's URL whole on a narrow
-terminal; ``imagegen submit --wait`` tells by its exit code how the task ended."""
+terminal; ``imagegen submit --wait`` tells by its exit code how the task ended; a JSON log
+stays JSON on every line, the libraries' lines included."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -13,13 +16,18 @@ from services.runtime import Wiring
 from tests.e2e.conftest import Bus
 
 
-def imagegen(service: Wiring, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {
-        "IMAGEGEN_DATABASE_URL": service.settings.database_url,
-        "IMAGEGEN_AMQP_URL": service.settings.amqp_url,
-        "IMAGEGEN_NAMESPACE": service.settings.namespace,
-        "COLUMNS": "60",
-    }
+def imagegen(service: Wiring, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = (
+        os.environ
+        | env_vars
+        | {
+            "IMAGEGEN_DATABASE_URL": service.settings.database_url,
+            "IMAGEGEN_AMQP_URL": service.settings.amqp_url,
+            "IMAGEGEN_NAMESPACE": service.settings.namespace,
+            "IMAGEGEN_RETRY_TTL_SCALE": str(service.settings.retry_ttl_scale),
+            "COLUMNS": "60",
+        }
+    )
     return subprocess.run(
         [sys.executable, "-c", "from services.cli import main; main()", *args],
         env=env,
@@ -65,3 +73,18 @@ async def test_submit_wait_exits_1_with_the_reason_when_the_task_is_rejected(
     shown = await asyncio.to_thread(imagegen, service, "submit", " ", "--wait", "--timeout", "20")
     assert shown.returncode == 1, shown.stdout + shown.stderr
     assert "final status: rejected" in shown.stdout and "prompt is blank" in shown.stdout
+
+
+async def test_a_json_log_stays_json_when_a_library_reports_the_failure(service: Wiring) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        shown = await asyncio.to_thread(
+            imagegen, service, "admin", IMAGEGEN_HTTP_PORT=port, IMAGEGEN_LOG_FORMAT="json"
+        )
+    assert shown.returncode != 0
+    lines = [json.loads(line) for line in shown.stderr.splitlines()]
+    failures = [line for line in lines if line.get("logger") == "uvicorn.error"]
+    assert failures and "address already in use" in failures[0]["event"], shown.stderr
+    assert all(line["action"] and line["level"] and line["timestamp"] for line in lines)
