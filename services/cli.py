@@ -7,7 +7,7 @@ import contextlib
 import signal
 import sys
 from collections.abc import Coroutine
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from services.aio import run
 from services.config import Settings, load_settings
 from services.errors import ImagegenError
 from services.logs import get_logger, setup_logging
+
+if TYPE_CHECKING:
+    from services.broker.dead import DeadMessage
 
 app = typer.Typer(help="imagegen: reliable text-to-image tasks over RabbitMQ and PostgreSQL.")
 console = Console()
@@ -302,6 +305,54 @@ def queue() -> None:
         console.print(table)
 
     _run(show())
+
+
+@app.command()
+def dead(
+    limit: Annotated[int, typer.Option(min=1, help="At most this many, oldest first.")] = 20,
+    replay: Annotated[
+        bool,
+        typer.Option(
+            help="Send them back to the queue they came from (once their cause is fixed); "
+            "one still bad is parked again."
+        ),
+    ] = False,
+) -> None:
+    """Show the dead queue: each parked message, where it came from and why."""
+
+    async def go() -> None:
+        from services.broker import dead as dead_queue
+        from services.broker.connection import connect
+        from services.broker.publisher import Publisher
+        from services.broker.topology import Topology
+
+        settings = _settings()
+        topology = Topology(settings.namespace, settings.retry_ttl_scale)
+        connection = await connect(settings.amqp_url, "imagegen-cli")
+        async with connection:
+            channel = await connection.channel()
+            if not replay:
+                _show_dead(await dead_queue.peek(channel, topology, limit), "parked")
+                return
+            publisher = Publisher(
+                await connection.channel(publisher_confirms=True, on_return_raises=True)
+            )
+            sent, kept = await dead_queue.replay(channel, publisher, topology, limit)
+            _show_dead(sent, "sent back")
+            if kept:
+                _show_dead(kept, "left in place: their queue takes nothing back")
+
+    _run(go())
+
+
+def _show_dead(messages: list[DeadMessage], what: str) -> None:
+    console.print(f"{len(messages)} {what}")
+    if not messages:
+        return
+    table = Table("from", "routing key", "task", "reason")
+    for m in messages:
+        table.add_row(Text(m.origin), Text(m.routing_key), Text(m.task_id or "-"), Text(m.reason))
+    console.print(table)
 
 
 def main() -> None:

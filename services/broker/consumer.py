@@ -27,6 +27,8 @@ from services.logs import get_logger
 
 Handler = Callable[[AbstractIncomingMessage], Awaitable[None]]
 REASON_HEADER = "x-imagegen-reason"
+ROUTING_KEY_HEADER = "x-imagegen-routing-key"
+ORIGIN_QUEUE_HEADER = "x-imagegen-queue"
 UNAVAILABLE_PAUSE_S = 1.0
 
 log = get_logger("imagegen.consumer")
@@ -132,8 +134,8 @@ class Consumer:
     async def _park(self, message: AbstractIncomingMessage, reason: str) -> None:
         headers: dict[str, Any] = dict(message.headers or {})
         headers[REASON_HEADER] = reason[:1000]
-        headers["x-imagegen-routing-key"] = message.routing_key or ""
-        headers["x-imagegen-queue"] = self.queue_name
+        headers[ROUTING_KEY_HEADER] = message.routing_key or ""
+        headers[ORIGIN_QUEUE_HEADER] = self.queue_name
         try:
             await self.publisher.publish_raw(
                 "",

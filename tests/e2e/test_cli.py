@@ -1,6 +1,7 @@
 """The CLI run as an operator runs it, in its own process: ``imagegen status`` shows a
 task as it was written, whatever its prompt holds, with every image's URL whole on a narrow
-terminal; ``imagegen submit --wait`` tells by its exit code how the task ended; a JSON log
+terminal; ``imagegen submit --wait`` tells by its exit code how the task ended; ``imagegen
+dead`` shows what was parked and why; a JSON log
 stays JSON on every line, the libraries' lines included."""
 
 from __future__ import annotations
@@ -17,20 +18,16 @@ from tests.e2e.conftest import Bus
 
 
 def imagegen(service: Wiring, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
-    env = (
-        os.environ
-        | env_vars
-        | {
-            "IMAGEGEN_DATABASE_URL": service.settings.database_url,
-            "IMAGEGEN_AMQP_URL": service.settings.amqp_url,
-            "IMAGEGEN_NAMESPACE": service.settings.namespace,
-            "IMAGEGEN_RETRY_TTL_SCALE": str(service.settings.retry_ttl_scale),
-            "COLUMNS": "60",
-        }
-    )
+    env = os.environ | {
+        "IMAGEGEN_DATABASE_URL": service.settings.database_url,
+        "IMAGEGEN_AMQP_URL": service.settings.amqp_url,
+        "IMAGEGEN_NAMESPACE": service.settings.namespace,
+        "IMAGEGEN_RETRY_TTL_SCALE": str(service.settings.retry_ttl_scale),
+        "COLUMNS": "60",
+    }
     return subprocess.run(
         [sys.executable, "-c", "from services.cli import main; main()", *args],
-        env=env,
+        env=env | env_vars,
         capture_output=True,
         text=True,
         timeout=60,
@@ -88,3 +85,12 @@ async def test_a_json_log_stays_json_when_a_library_reports_the_failure(service:
     failures = [line for line in lines if line.get("logger") == "uvicorn.error"]
     assert failures and "address already in use" in failures[0]["event"], shown.stderr
     assert all(line["action"] and line["level"] and line["timestamp"] for line in lines)
+
+
+async def test_dead_shows_a_parked_task_created_with_its_reason(service: Wiring, bus: Bus) -> None:
+    task_id = await bus.create("", image_count=1)
+    await bus.wait_for(task_id, "task.rejected")
+    shown = await asyncio.to_thread(imagegen, service, "dead", "--limit", "1000", COLUMNS="300")
+    assert shown.returncode == 0, shown.stderr
+    row = next(line for line in shown.stdout.splitlines() if task_id in line)
+    assert "task.created" in row and "prompt is blank" in row
