@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import NoReturn
@@ -56,6 +57,21 @@ def is_unavailable(exc: BaseException) -> bool:
     return False
 
 
+def unavailable(exc: BaseException) -> DatabaseUnavailable:
+    """Names the root cause: the system's words for a network error ("Connection refused",
+    "Name or service not known"), else its class. Never the driver's full text, which
+    may carry the statement and its parameters."""
+    root = exc
+    while (cause := root.__cause__ or getattr(root, "orig", None)) is not None:
+        if cause is exc:
+            break
+        root = cause
+    why = root.__class__.__name__
+    if isinstance(root, OSError):
+        why = os.strerror(root.errno) if root.errno and root.errno > 0 else root.strerror or why
+    return DatabaseUnavailable(f"database unavailable: {why}")
+
+
 def raise_translated(exc: Exception) -> NoReturn:
     """Raise this package's error for a driver's ``exc``, or ``exc`` itself otherwise."""
     if isinstance(exc, RepositoryError) or not isinstance(
@@ -69,7 +85,7 @@ def raise_translated(exc: Exception) -> NoReturn:
     ):
         raise exc
     if is_unavailable(exc):
-        raise DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}") from exc
+        raise unavailable(exc) from exc
     raise RepositoryError(f"database error: {exc}") from exc
 
 

@@ -32,7 +32,13 @@ from typing import Any
 
 from services import metrics
 from services.db.engine import Database, Driver
-from services.db.errors import DatabaseUnavailable, RepositoryError, is_unavailable, translated
+from services.db.errors import (
+    DatabaseUnavailable,
+    RepositoryError,
+    is_unavailable,
+    translated,
+    unavailable,
+)
 from services.db.rows import ImageRow, TaskRow, split_joined
 from services.db.statements import ACTIVE_VALUES, CLAIM, RUNNING_SLOTS, SETTLE
 
@@ -340,7 +346,7 @@ class ProviderSlots:
             )
         except BaseException as exc:
             failed: RepositoryError = (
-                DatabaseUnavailable(f"database unavailable: {exc.__class__.__name__}")
+                unavailable(exc)
                 if is_unavailable(exc) or not isinstance(exc, Exception)  # or interrupted
                 else RepositoryError(f"database error: {exc}")
             )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import socket
+
 import asyncpg
 import pytest
 from sqlalchemy import exc as sa_exc
@@ -35,3 +38,30 @@ async def test_any_other_database_error_is_a_repository_error_but_not_an_outage(
         async with translated():
             raise asyncpg.exceptions.UniqueViolationError("duplicate key")
     assert not isinstance(caught.value, DatabaseUnavailable)
+
+
+def _wrapped(orig: BaseException) -> sa_exc.DBAPIError:
+    return sa_exc.OperationalError("SELECT secret FROM t WHERE p = $1", ("a prompt",), orig)
+
+
+@pytest.mark.parametrize(
+    ("raised", "said"),
+    [
+        (
+            ConnectionRefusedError(errno.ECONNREFUSED, "Connect call failed ('127.0.0.1', 5999)"),
+            "Connection refused",
+        ),
+        (_wrapped(socket.gaierror(-2, "Name or service not known")), "Name or service not known"),
+        (
+            _wrapped(asyncpg.exceptions.CannotConnectNowError("starting up")),
+            "CannotConnectNowError",
+        ),
+    ],
+)
+async def test_an_outage_names_its_root_cause_but_never_the_statement_or_address(
+    raised: BaseException, said: str
+) -> None:
+    with pytest.raises(DatabaseUnavailable) as caught:
+        async with translated():
+            raise raised
+    assert str(caught.value) == f"database unavailable: {said}"
