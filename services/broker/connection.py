@@ -23,23 +23,29 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     saying why when the first attempt fails (later losses are reconnected by aio-pika)."""
     where = URL(url)
     broker = f"RabbitMQ at {where.host}:{where.port}"
+    connection = aio_pika.RobustConnection(
+        where,
+        client_properties={"connection_name": name},
+        reconnect_interval=RECONNECT_INTERVAL_S,
+    )
     try:
-        return await aio_pika.connect_robust(
-            url,
-            client_properties={"connection_name": name},
-            reconnect_interval=RECONNECT_INTERVAL_S,
-        )
-    except InvalidFrameError as exc:
-        # How aiormq reports the broker closing the connection as it opens, which RabbitMQ
-        # does for a virtual host that is missing or closed to the user.
-        vhost = where.path[1:] or "/"
-        raise BrokerUnavailable(
-            f"{broker} closed the connection as it opened: does the virtual host {vhost!r}"
-            " of IMAGEGEN_AMQP_URL exist, and may this user use it?"
-        ) from exc
-    except (AuthenticationError, ProbableAuthenticationError) as exc:
-        raise BrokerUnavailable(
-            f"{broker} refused the login of user {where.user!r}: {exc}"
-        ) from exc
-    except (TimeoutError, AMQPError, OSError) as exc:
-        raise BrokerUnavailable(f"{broker} cannot be reached: {exc}") from exc
+        await connection.connect()
+    except BaseException as exc:
+        # Left open, a failed connection closes itself when collected, and outside a
+        # running loop that close is a coroutine never awaited.
+        await connection.close()
+        if isinstance(exc, InvalidFrameError):
+            # How aiormq reports the broker closing the connection as it opens, which
+            # RabbitMQ does for a virtual host that is missing or closed to the user.
+            vhost = where.path[1:] or "/"
+            raise BrokerUnavailable(
+                f"{broker} closed the connection as it opened: does the virtual host"
+                f" {vhost!r} of IMAGEGEN_AMQP_URL exist, and may this user use it?"
+            ) from exc
+        if isinstance(exc, AuthenticationError | ProbableAuthenticationError):
+            user = where.user
+            raise BrokerUnavailable(f"{broker} refused the login of user {user!r}: {exc}") from exc
+        if isinstance(exc, TimeoutError | AMQPError | OSError):
+            raise BrokerUnavailable(f"{broker} cannot be reached: {exc}") from exc
+        raise
+    return connection
