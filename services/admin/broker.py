@@ -8,11 +8,11 @@ import contextlib
 
 import aiormq
 from aio_pika.abc import AbstractRobustConnection
-from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
+from aio_pika.exceptions import AMQPError
 
 from services.broker.connection import connect
-from services.broker.errors import BrokerUnavailable, TopologyMissing
-from services.broker.topology import Topology
+from services.broker.errors import BrokerUnavailable
+from services.broker.topology import Topology, declared_counts
 from services.logs import get_logger
 
 log = get_logger("imagegen.admin")
@@ -66,19 +66,12 @@ class BrokerProbe:
     async def depths(self, names: list[str]) -> dict[str, int]:
         """Ready messages per queue; BrokerUnavailable when RabbitMQ does not answer,
         TopologyMissing when a queue is not there."""
-        depths: dict[str, int] = {}
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_S):
                 channel = await self._get_channel()
-                for name in names:
-                    declared = await channel.queue_declare(queue=name, passive=True)
-                    depths[name] = int(declared.message_count or 0)
-                return depths
-        except BrokerUnavailable:
+                return {name: (await declared_counts(channel, name)).messages for name in names}
+        except BrokerUnavailable:  # TopologyMissing included
             raise
-        except ChannelNotFoundEntity:
-            missing = names[len(depths)]
-            raise TopologyMissing(f"queue {missing} does not exist") from None
         except (AMQPError, OSError, ConnectionError, TimeoutError, RuntimeError) as exc:
             raise BrokerUnavailable(f"RabbitMQ did not answer: {exc.__class__.__name__}") from exc
 

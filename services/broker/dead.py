@@ -14,10 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
-from aio_pika.exceptions import ChannelNotFoundEntity
 
 from services.broker.consumer import ORIGIN_QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER
-from services.broker.errors import TopologyMissing
 from services.broker.publisher import Publisher
 from services.broker.topology import Topology, queue_counts
 
@@ -63,10 +61,7 @@ async def _take(
 ) -> list[AbstractIncomingMessage]:
     """Up to ``limit`` dead messages, unacknowledged, oldest first. Counted first, so a
     message parked again meanwhile is not taken twice."""
-    try:
-        count = (await queue_counts(channel, topology.dead_queue)).messages
-    except ChannelNotFoundEntity:
-        raise TopologyMissing(f"queue {topology.dead_queue} does not exist") from None
+    count = (await queue_counts(channel, topology.dead_queue)).messages
     queue = await channel.get_queue(topology.dead_queue, ensure=False)
     taken: list[AbstractIncomingMessage] = []
     for _ in range(min(count, limit)):

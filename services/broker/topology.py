@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import aiormq
 from aio_pika.abc import AbstractChannel, ExchangeType
-from aiormq.exceptions import ChannelPreconditionFailed
+from aiormq.exceptions import ChannelNotFoundEntity, ChannelPreconditionFailed
 
-from services.broker.errors import BrokerError
+from services.broker.errors import BrokerError, TopologyMissing
 from statemachine import ErrorKind, retry_delay_s
 from statemachine.retry import TIER_COUNT
 
@@ -156,8 +157,16 @@ async def queue_counts(channel: AbstractChannel, name: str) -> QueueCounts:
     A passive declare on the underlying channel: aio-pika's robust channel remembers
     declared queues and would answer a repeated ``declare_queue`` with the first counts.
     """
-    underlay = await channel.get_underlay_channel()
-    declared = await underlay.queue_declare(queue=name, passive=True)
+    return await declared_counts(await channel.get_underlay_channel(), name)
+
+
+async def declared_counts(channel: aiormq.abc.AbstractChannel, name: str) -> QueueCounts:
+    """``queue_counts`` on a plain aiormq channel; ``TopologyMissing`` when the queue is not
+    there (the broker then closes the channel)."""
+    try:
+        declared = await channel.queue_declare(queue=name, passive=True)
+    except ChannelNotFoundEntity:
+        raise TopologyMissing(f"queue {name} does not exist") from None
     return QueueCounts(int(declared.message_count or 0), int(declared.consumer_count or 0))
 
 
@@ -166,5 +175,6 @@ __all__ = [
     "QueueCounts",
     "RetryQueue",
     "Topology",
+    "declared_counts",
     "queue_counts",
 ]
