@@ -21,9 +21,9 @@ import aio_pika
 import httpx
 import psutil
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection, DeliveryMode
-from aiormq.exceptions import ChannelNotFoundEntity
 from sqlalchemy.engine import make_url
 
+from services.broker.errors import TopologyMissing
 from services.broker.topology import Topology, queue_counts
 from services.db.engine import drop_database, ensure_database
 from services.db.migrate import upgrade
@@ -165,7 +165,7 @@ class Stage:
                 try:
                     if (await queue_counts(channel, queue)).consumers >= count:
                         return
-                except ChannelNotFoundEntity:  # not declared yet by the process starting up
+                except TopologyMissing:  # not declared yet by the process starting up
                     channel = await self.connection.channel()
                 for name, process in self.processes.items():
                     if process.poll() is not None:
