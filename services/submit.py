@@ -12,6 +12,7 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractQueue, DeliveryMode
 
+from services import wire
 from services.broker.connection import connect
 from services.broker.errors import TopologyMissing
 from services.broker.topology import Topology
@@ -86,8 +87,11 @@ async def events_of(
             except TimeoutError:
                 return
             async with message.process():
-                event = json.loads(message.body)
-            if event.get("task_id") != task_id:
+                try:
+                    event = wire.loads(message.body)
+                except wire.BadJson:
+                    continue  # not one of the service's events: someone else publishes here
+            if not isinstance(event, dict) or event.get("task_id") != task_id:
                 continue
             yield event
             if event.get("event_type") in FINAL_EVENTS:

@@ -13,9 +13,10 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services import wire
 from services.admin.broker import BrokerProbe
 from services.admin.views import fail, ok, task_view
 from services.broker.errors import BrokerUnavailable
@@ -25,15 +26,16 @@ from services.db.engine import Database
 from services.db.errors import DatabaseUnavailable, RepositoryError
 from services.db.locks import ProviderSlots
 from services.db.repository import Repository
+from services.db.rows import NewTask
 from services.events import Events
 from services.intake.commands import CancelOutcome, Conflict, cancel_task, create_task
 from services.intake.schema import (
     MAX_BODY_BYTES,
-    MAX_PROMPT_CHARS,
-    InvalidRequest,
-    TaskCreated,
+    ImageCount,
+    Metadata,
+    Prompt,
+    UserId,
     is_task_id,
-    validate,
 )
 from services.logs import get_logger
 
@@ -58,10 +60,10 @@ class AdminDeps:
 class CreateTaskBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS)
-    userId: str = Field(default="anonymous", min_length=1, max_length=128)
-    imageCount: int = Field(default=4, ge=1, le=4)
-    metadata: dict[str, Any] | None = None
+    prompt: Prompt
+    userId: UserId = "anonymous"
+    imageCount: ImageCount = 4
+    metadata: Metadata = None
 
 
 class ApiError(Exception):
@@ -126,7 +128,7 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
         problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
-            problems.append(f"{where}: {error['msg']}")
+            problems.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
         return JSONResponse(fail("; ".join(problems)), 400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -219,31 +221,24 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
     @app.post("/api/tasks", status_code=201, dependencies=[Depends(_authorized)])
     async def create(request: Request, deps: Deps) -> dict[str, Any]:
         try:
-            raw = await request.json()
-        except ValueError:
-            raise ApiError(400, "request body must be JSON") from None
+            raw = wire.loads(await request.body())
+        except wire.BadJson as exc:
+            raise ApiError(400, f"request body {exc}") from None
         if not isinstance(raw, dict):
             raise ApiError(400, "request body must be a JSON object")
         try:
             body = CreateTaskBody.model_validate(raw)
         except ValidationError as exc:
             raise RequestValidationError(exc.errors()) from None
-        task_id = f"t-{uuid.uuid4().hex}"
+        new = NewTask(
+            id=f"t-{uuid.uuid4().hex}",
+            user_id=body.userId,
+            prompt=body.prompt,
+            image_count=body.imageCount,
+            meta=body.metadata,
+        )
         try:
-            checked = validate(
-                TaskCreated,
-                {
-                    "task_id": task_id,
-                    "user_id": body.userId,
-                    "prompt": body.prompt,
-                    "image_count": body.imageCount,
-                    "metadata": body.metadata,
-                },
-            )
-        except InvalidRequest as exc:
-            raise ApiError(400, str(exc)) from None
-        try:
-            created = await create_task(deps.repo, deps.events, checked.new_task(), deps.slots)
+            created = await create_task(deps.repo, deps.events, new, deps.slots)
         except Conflict as exc:
             raise ApiError(409, str(exc)) from None
         return ok(task_view(created.task, []), queue=await queue_summary(deps))

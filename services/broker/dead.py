@@ -9,12 +9,12 @@ a worker never pays for an image twice. A message that is still bad is parked ag
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
+from services import wire
 from services.broker.consumer import ORIGIN_QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER
 from services.broker.publisher import Publisher
 from services.broker.topology import Topology, queue_counts
@@ -40,11 +40,11 @@ def _header(message: AbstractIncomingMessage, name: str) -> str:
 
 def _task_id(body: bytes) -> str | None:
     try:
-        parsed: Any = json.loads(body)
-    except ValueError:
+        parsed: Any = wire.loads(body)
+    except wire.BadJson:
         return None
     task_id = parsed.get("task_id") if isinstance(parsed, dict) else None
-    return str(task_id) if task_id is not None else None
+    return task_id if isinstance(task_id, str) else None
 
 
 def describe(message: AbstractIncomingMessage) -> DeadMessage:

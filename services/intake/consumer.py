@@ -30,10 +30,11 @@ class IntakeHandler:
     async def __call__(self, message: AbstractIncomingMessage) -> None:
         routing_key = message.routing_key or ""
         correlation_id = message.correlation_id
+        unreadable: InvalidRequest | None = None
         try:
             value = decode(message.body)
         except InvalidRequest as exc:
-            raise Reject(str(exc)) from None
+            value, unreadable = exc.named, exc
         task_id = usable_task_id(value)
         user_id = value.get("user_id") if isinstance(value.get("user_id"), str) else None
 
@@ -50,6 +51,8 @@ class IntakeHandler:
                 )
             return Reject(reason, event)
 
+        if unreadable is not None:
+            raise rejected(str(unreadable))
         if routing_key == "task.created":
             try:
                 created = validate(TaskCreated, value)

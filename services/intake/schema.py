@@ -7,14 +7,15 @@ import re
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
     ValidationError,
-    field_validator,
 )
 
+from services import wire
 from services.db.rows import NewTask
 
 MAX_BODY_BYTES = 64 * 1024
@@ -29,23 +30,59 @@ TaskId = Annotated[str, StringConstraints(pattern=TASK_ID_PATTERN)]
 
 
 class InvalidRequest(ValueError):
-    """A message that breaks the contract; the text says which rule."""
+    """A message that breaks the contract; the text says which rule. ``named`` holds the
+    ``task_id`` and ``user_id`` a body that could not be read strictly still names."""
+
+    def __init__(self, message: str, named: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.named = named or {}
 
 
-def _check_text(value: str, name: str) -> str:
+def _check_text(value: str) -> str:
     if _CONTROL.search(value):
-        raise ValueError(f"{name} contains control characters")
+        raise ValueError("must not contain control characters")
     return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return _check_text(value)
+
+
+def _prompt(value: str) -> str:
+    if len(value) > MAX_PROMPT_CHARS:
+        raise ValueError(f"must be at most {MAX_PROMPT_CHARS} characters (it has {len(value)})")
+    return _not_blank(value)
+
+
+def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes serialized")
+    if "\\u0000" in encoded:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+# The rules of CONTRACT.md §1, shared with the admin API's POST /api/tasks.
+Prompt = Annotated[str, AfterValidator(_prompt)]
+UserId = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_not_blank)]
+ImageCount = Annotated[int, Field(ge=1, le=4)]
+Metadata = Annotated[dict[str, Any] | None, AfterValidator(_metadata)]
+Reason = Annotated[str, StringConstraints(max_length=500), AfterValidator(_check_text)]
 
 
 class TaskCreated(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     task_id: TaskId
-    user_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-    prompt: str
-    image_count: int = Field(default=4, ge=1, le=4)
-    metadata: dict[str, Any] | None = None
+    user_id: UserId
+    prompt: Prompt
+    image_count: ImageCount = 4
+    metadata: Metadata = None
 
     def new_task(self, correlation_id: str | None = None) -> NewTask:
         return NewTask(
@@ -57,45 +94,12 @@ class TaskCreated(BaseModel):
             correlation_id=correlation_id,
         )
 
-    @field_validator("user_id")
-    @classmethod
-    def _user_id(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("user_id is blank")
-        return _check_text(value, "user_id")
-
-    @field_validator("prompt")
-    @classmethod
-    def _prompt(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt is blank")
-        if len(value) > MAX_PROMPT_CHARS:
-            raise ValueError(f"prompt is longer than {MAX_PROMPT_CHARS} characters ({len(value)})")
-        return _check_text(value, "prompt")
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-        if len(encoded.encode()) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata is larger than {MAX_METADATA_BYTES} bytes serialized")
-        if "\\u0000" in encoded:
-            raise ValueError("metadata contains NUL characters")
-        return value
-
 
 class TaskCancel(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     task_id: TaskId
-    reason: Annotated[str, StringConstraints(max_length=500)] | None = None
-
-    @field_validator("reason")
-    @classmethod
-    def _reason(cls, value: str | None) -> str | None:
-        return None if value is None else _check_text(value, "reason")
+    reason: Reason | None = None
 
 
 def decode(body: bytes) -> dict[str, Any]:
@@ -103,16 +107,33 @@ def decode(body: bytes) -> dict[str, Any]:
     if len(body) > MAX_BODY_BYTES:
         raise InvalidRequest(f"message body is larger than {MAX_BODY_BYTES} bytes ({len(body)})")
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidRequest(f"message body is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise InvalidRequest(f"message body is not valid JSON: {exc}") from None
+        value = wire.loads(body)
+    except wire.BadJson as exc:
+        raise InvalidRequest(f"message body {exc}", _named(body)) from None
     if not isinstance(value, dict):
         raise InvalidRequest(f"message body must be a JSON object, not {type(value).__name__}")
     return value
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """An object's members as read, repeats and all."""
+
+
+def _named(body: bytes) -> dict[str, Any]:
+    """The ids a body refused by the strict reading still names, read leniently, so that
+    its sender hears of the rejection: one value each, never one of two that disagree."""
+    try:
+        pairs = json.loads(body, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(pairs, _Pairs):
+        return {}
+    named: dict[str, Any] = {}
+    for key in ("task_id", "user_id"):
+        values = {value for name, value in pairs if name == key and isinstance(value, str)}
+        if len(values) == 1 and (value := values.pop()).isprintable():
+            named[key] = value
+    return named
 
 
 def is_task_id(value: object) -> bool:

@@ -21,6 +21,7 @@ import httpx
 from pydantic import SecretStr
 from yarl import URL
 
+from services import wire
 from services.provider.errors import (
     ProviderConnectError,
     ProviderHTTPError,
@@ -84,8 +85,8 @@ class TaskResult:
 
 def _json(body: bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(body)
-    except ValueError:  # UnicodeDecodeError among them
+        value = wire.loads(body)
+    except wire.BadJson:
         return None
     return value if isinstance(value, dict) else None
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from services import wire
 from services.broker.errors import Reject
 
 
@@ -21,7 +21,7 @@ class ImageMessage:
     @classmethod
     def parse(cls, body: bytes) -> ImageMessage:
         try:
-            value: Any = json.loads(body)
+            value: Any = wire.loads(body)
             message = cls(
                 task_id=value["task_id"],
                 index=value["index"],

@@ -314,6 +314,10 @@ class Chaos:
                     "metadata": {"blob": "y" * 5000},
                 },
             ),
+            ("task.created", b'{"task_id": "nan-1", "user_id": "u", "prompt": "p", "n": NaN}'),
+            ("task.created", b'{"task_id": "sur-1", "user_id": "u", "prompt": "\\udc00"}'),
+            ("task.created", b'{"task_id": "dup-1", "task_id": "dup-2", "user_id": "u"}'),
+            ("task.created", b'{"metadata": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"),
             ("task.mystery", {"task_id": "odd-1"}),
             ("task.cancel", {"task_id": 5}),
         ]
@@ -449,6 +453,8 @@ class Chaos:
                 problems.append(f"unexpected dead letters: {list(unexpected.values())[:5]}")
             if lost:
                 problems.append(f"{len(lost)} poison messages were not parked")
+        if crashed := [reason for reason in dead.values() if reason.startswith("internal error")]:
+            problems.append(f"poison parked as a handler's failure, not refused: {crashed[:5]}")
         if leaks := self.secrets_leaked():
             problems.append(f"secrets found in: {leaks}")
         return problems

@@ -69,7 +69,7 @@ async def test_submit_wait_exits_1_with_the_reason_when_the_task_is_rejected(
 ) -> None:
     shown = await asyncio.to_thread(imagegen, service, "submit", " ", "--wait", "--timeout", "20")
     assert shown.returncode == 1, shown.stdout + shown.stderr
-    assert "final status: rejected" in shown.stdout and "prompt is blank" in shown.stdout
+    assert "final status: rejected" in shown.stdout and "prompt: must not be blank" in shown.stdout
 
 
 async def test_a_json_log_stays_json_when_a_library_reports_the_failure(service: Wiring) -> None:
@@ -93,4 +93,4 @@ async def test_dead_shows_a_parked_task_created_with_its_reason(service: Wiring,
     shown = await asyncio.to_thread(imagegen, service, "dead", "--limit", "1000", COLUMNS="300")
     assert shown.returncode == 0, shown.stderr
     row = next(line for line in shown.stdout.splitlines() if task_id in line)
-    assert "task.created" in row and "prompt is blank" in row
+    assert "task.created" in row and "prompt: must not be blank" in row

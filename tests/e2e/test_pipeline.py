@@ -247,7 +247,7 @@ async def test_poison_messages_are_parked_with_reasons_and_valid_tasks_still_flo
     for message_id, reason in reasons.items():
         assert reason and reason != "None", f"{ids[message_id]} has no reason"
     by_name = {ids[m]: r for m, r in reasons.items()}
-    assert "prompt is blank" in by_name["blank prompt"]
+    assert "prompt: must not be blank" in by_name["blank prompt"]
     assert "larger than" in by_name["100 KB prompt"]
     assert "colour" in by_name["unknown field"]
     assert "not valid JSON" in by_name["not json"]
@@ -255,6 +255,35 @@ async def test_poison_messages_are_parked_with_reasons_and_valid_tasks_still_flo
     assert rejected["error"]["code"] == "invalid_request"
     for task_id in valid:
         assert (await bus.final(task_id))["status"] == "IMAGES_READY"
+
+
+async def test_json_that_python_reads_but_the_database_cannot_hold_is_refused_and_its_task_told(
+    bus: Bus, service: Wiring
+) -> None:
+    poison = {
+        "nan": b'{"task_id": "p-nan", "user_id": "u", "prompt": "x", "metadata": {"k": NaN}}',
+        "surrogate": b'{"task_id": "p-surrogate", "user_id": "u", "prompt": "\\ud800"}',
+        "two task ids": b'{"task_id": "p-one", "task_id": "p-two", "user_id": "u", "prompt": "x"}',
+        "deep": b'{"task_id": "p-deep", "user_id": "u", "prompt": "x", "metadata": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}",
+    }
+    ids = {await bus.publish("task.created", body): name for name, body in poison.items()}
+    valid = await bus.create(_prompt("valid after the poison"), image_count=1)
+
+    by_name = {ids[m]: r for m, r in (await _dead_reasons(service, set(ids))).items()}
+    assert "NaN is not a JSON value" in by_name["nan"]
+    assert "unpaired UTF-16 surrogate" in by_name["surrogate"]
+    assert "has the key 'task_id' twice" in by_name["two task ids"]
+    assert "nested too deeply" in by_name["deep"]
+    assert not any("internal error" in reason for reason in by_name.values())
+    for task_id in ("p-nan", "p-surrogate"):
+        rejected = await bus.wait_for(task_id, "task.rejected")
+        assert rejected["error"]["code"] == "invalid_request"
+    assert (await bus.final(valid))["status"] == "IMAGES_READY"
+    # Two task ids that disagree name neither; too deep to read at all names none.
+    assert bus.types("p-one") == bus.types("p-two") == bus.types("p-deep") == []
 
 
 async def test_a_conflicting_duplicate_is_parked_and_the_first_task_is_kept(

@@ -127,3 +127,13 @@ async def test_a_namespace_that_never_ran_is_named_as_such(
 ) -> None:
     with pytest.raises(TopologyMissing, match=r"queue never-\w+\.dead does not exist"):
         await dead.peek(await connection.channel(), Topology(f"never-{uuid.uuid4().hex[:8]}"), 5)
+
+
+async def test_bodies_that_cannot_be_read_are_shown_without_a_task(
+    connection: AbstractRobustConnection, topology: Topology, publisher: Publisher
+) -> None:
+    bodies = [b"[" * 5000 + b"]" * 5000, b'{"task_id": ["not", "an", "id"]}', b"\xff"]
+    for body in bodies:
+        await publisher.publish_raw("", topology.dead_queue, body, headers={REASON_HEADER: "bad"})
+    shown = await dead.peek(await connection.channel(), topology, 10)
+    assert [(m.reason, m.task_id) for m in shown] == [("bad", None)] * len(bodies)

@@ -216,6 +216,9 @@ async def test_the_simulator_refuses_a_misspelt_or_out_of_range_knob_and_keeps_i
         for change in ({"p429": 1.0}, {"p_429": 2}, [1]):
             refused = await http.put(knobs, json=change)
             assert refused.status_code == 400, change
+        for body in (b'{"p_429": NaN}', b"[" * 5000 + b"]" * 5000, b"{"):
+            refused = await http.put(knobs, content=body)
+            assert refused.status_code == 400 and "the body" in refused.json()["error"], body
         assert (await http.get(knobs)).json()["p_429"] == 0.0
         taken = await http.put(knobs, json={"p_429": 0.25})
     assert taken.status_code == 200 and sim.sim.config.p_429 == 0.25

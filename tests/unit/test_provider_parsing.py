@@ -23,6 +23,23 @@ def test_an_error_without_a_json_body_keeps_the_status() -> None:
     assert error.status == 502 and error.code is None and "non-JSON" in error.message
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code": "Throttling", "message": "\\ud800 cannot be stored"}',
+        b'{"code": "Throttling", "message": "'
+        + b"x" * 10
+        + b'", "d": '
+        + b"[" * 9000
+        + b"]" * 9000
+        + b"}",
+    ],
+)
+def test_an_error_body_no_database_could_store_reads_as_non_json(body: bytes) -> None:
+    error = _http_error(Reply(429, "Too Many Requests", body))
+    assert error.status == 429 and error.code is None and "non-JSON" in error.message
+
+
 def test_a_query_answer_with_only_id_and_status_is_enough() -> None:
     result = parse_task({"output": {"task_id": "t1", "task_status": "RUNNING"}})
     assert result.status is ProviderTaskStatus.RUNNING and result.results == ()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import re
 import secrets
 import time
@@ -20,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services import wire
 from services.provider.simulator.engine import MODELS, Fault, SimTask, Simulator
 from services.provider.simulator.png import png_for
 
@@ -94,8 +94,8 @@ class SimulatorApp:
                 403, "AccessDenied", "current user api does not support synchronous calls"
             )
         try:
-            body = json.loads(raw)
-        except ValueError:
+            body = wire.loads(raw)
+        except wire.BadJson:
             return _invalid("The request body is not valid JSON.")
         if not isinstance(body, dict):
             return _invalid("The request body must be a JSON object.")
@@ -221,7 +221,10 @@ class SimulatorApp:
 
     async def put_config(self, request: Request) -> Response:
         try:
-            changes = await request.json()
+            changes = wire.loads(await request.body())
+        except wire.BadJson as exc:
+            return JSONResponse({"error": f"the body {exc}"}, 400)
+        try:
             if not isinstance(changes, dict):
                 raise ValueError("a JSON object is expected")
             config = self.sim.configure(changes)
