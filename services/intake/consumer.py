@@ -53,6 +53,9 @@ class IntakeHandler:
 
         if unreadable is not None:
             raise rejected(str(unreadable))
+        if correlation_id is not None and "\x00" in correlation_id:
+            # Copied onto every event through the outbox, and PostgreSQL text holds no NUL.
+            raise rejected("correlation_id must not contain NUL characters")
         if routing_key == "task.created":
             try:
                 created = validate(TaskCreated, value)

@@ -312,6 +312,22 @@ async def test_events_carry_the_correlation_id_of_the_request(bus: Bus) -> None:
     assert all(e["_message_id"] == e["event_id"] for e in events)
 
 
+@pytest.mark.parametrize("routing_key", ["task.created", "task.cancel"])
+async def test_a_correlation_id_no_database_can_store_is_refused_back_to_its_sender(
+    bus: Bus, service: Wiring, routing_key: str
+) -> None:
+    task_id = f"corr-{uuid.uuid4().hex[:8]}"
+    body = {"task_id": task_id, "user_id": "u", "prompt": _prompt("nul"), "image_count": 1}
+    if routing_key == "task.cancel":
+        body = {"task_id": await bus.create(_prompt("to cancel"), image_count=1)}
+        task_id = body["task_id"]
+    message_id = await bus.publish(routing_key, body, correlation_id="req\x001")
+    reasons = await _dead_reasons(service, {message_id})
+    assert reasons[message_id] == "correlation_id must not contain NUL characters"
+    rejected = await bus.wait_for(task_id, "task.rejected")
+    assert rejected["_correlation_id"] == "req\x001"
+
+
 async def test_a_cancel_also_cancels_provider_tasks_still_pending_at_dashscope(
     bus: Bus, sim: RunningSimulator
 ) -> None:
