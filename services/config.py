@@ -84,6 +84,14 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql+asyncpg://")
         return value
 
+    @field_validator("namespace")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if f"{value}.".startswith("amq."):
+            # The broker refuses every exchange named amq.*, which "amq.tasks" would be.
+            raise ValueError("must not be amq or start with amq. (RabbitMQ reserves amq.*)")
+        return value
+
     @field_validator("amqp_url")
     @classmethod
     def _amqp_scheme(cls, value: str) -> str:
@@ -139,5 +147,6 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            problems.append(f"{_variable_name(field)}={error.get('input')!r}: {error['msg']}")
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{_variable_name(field)}={error.get('input')!r}: {message}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -58,6 +58,8 @@ def test_a_key_read_from_a_file_loses_its_trailing_newline(
         ("IMAGEGEN_DATABASE_URL", "mysql://x"),
         ("IMAGEGEN_AMQP_URL", "http://x"),
         ("IMAGEGEN_NAMESPACE", "bad name!"),
+        ("IMAGEGEN_NAMESPACE", "amq"),
+        ("IMAGEGEN_NAMESPACE", "amq.blue"),
         ("DASHSCOPE_API_KEY", ""),
         ("DASHSCOPE_API_KEY", " \n"),
         ("IMAGEGEN_ADMIN_TOKEN", ""),
@@ -72,3 +74,4 @@ def test_a_bad_value_fails_with_a_message_naming_the_variable(
     with pytest.raises(ConfigError) as raised:
         load_settings()
     assert str(raised.value).startswith(f"invalid settings: {name}=")
+    assert "Value error" not in str(raised.value)
