@@ -9,12 +9,12 @@ a worker never pays for an image twice. A message that is still bad is parked ag
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
-from services import wire
 from services.broker.consumer import ORIGIN_QUEUE_HEADER, REASON_HEADER, ROUTING_KEY_HEADER
 from services.broker.publisher import Publisher
 from services.broker.topology import Topology, queue_counts
@@ -40,11 +40,12 @@ def _header(message: AbstractIncomingMessage, name: str) -> str:
 
 def _task_id(body: bytes) -> str | None:
     try:
-        parsed: Any = wire.loads(body)
-    except wire.BadJson:
+        # Read leniently: a body parked for a NaN still names its task to the operator.
+        parsed: Any = json.loads(body)
+    except (ValueError, RecursionError):
         return None
     task_id = parsed.get("task_id") if isinstance(parsed, dict) else None
-    return task_id if isinstance(task_id, str) else None
+    return task_id if isinstance(task_id, str) and task_id.isprintable() else None
 
 
 def describe(message: AbstractIncomingMessage) -> DeadMessage:

@@ -129,11 +129,17 @@ async def test_a_namespace_that_never_ran_is_named_as_such(
         await dead.peek(await connection.channel(), Topology(f"never-{uuid.uuid4().hex[:8]}"), 5)
 
 
-async def test_bodies_that_cannot_be_read_are_shown_without_a_task(
+async def test_a_body_that_cannot_be_read_is_shown_and_names_a_task_only_when_it_can(
     connection: AbstractRobustConnection, topology: Topology, publisher: Publisher
 ) -> None:
-    bodies = [b"[" * 5000 + b"]" * 5000, b'{"task_id": ["not", "an", "id"]}', b"\xff"]
+    bodies = {
+        b"[" * 5000 + b"]" * 5000: None,
+        b'{"task_id": ["not", "an", "id"]}': None,
+        b"\xff": None,
+        b'{"task_id": "t\\ud800"}': None,
+        b'{"task_id": "t-nan", "n": NaN}': "t-nan",
+    }
     for body in bodies:
         await publisher.publish_raw("", topology.dead_queue, body, headers={REASON_HEADER: "bad"})
     shown = await dead.peek(await connection.channel(), topology, 10)
-    assert [(m.reason, m.task_id) for m in shown] == [("bad", None)] * len(bodies)
+    assert [(m.reason, m.task_id) for m in shown] == [("bad", t) for t in bodies.values()]
