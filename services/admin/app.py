@@ -44,6 +44,8 @@ log = get_logger("imagegen.admin")
 TASKS_BY_STATUS = Gauge("imagegen_tasks", "Tasks by status", ["status"])
 OUTBOX_ROWS = Gauge("imagegen_outbox_rows", "Outbox rows not yet published")
 OUTBOX_LAG = Gauge("imagegen_outbox_lag_seconds", "Age of the oldest unpublished outbox row")
+_TOO_LARGE = f"request body larger than {MAX_BODY_BYTES} bytes"
+
 QUEUE_DEPTH = Gauge("imagegen_queue_messages", "Ready messages per queue", ["queue"])
 
 
@@ -89,6 +91,19 @@ def _authorized(request: Request, deps: Deps) -> None:
     sent = request.headers.get("authorization", "").encode("latin-1")
     if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
         raise ApiError(401, "Unauthorized: a valid bearer token is required")
+
+
+async def _body(request: Request) -> bytes:
+    """The request body, read no further than the limit: a chunked body has no length for
+    the middleware to check."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise ApiError(413, _TOO_LARGE)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
@@ -153,7 +168,7 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
     async def limit_body(request: Request, call_next: Any) -> Response:
         length = request.headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return JSONResponse(fail(f"request body larger than {MAX_BODY_BYTES} bytes"), 413)
+            return JSONResponse(fail(_TOO_LARGE), 413)
         response: Response = await call_next(request)
         return response
 
@@ -221,7 +236,7 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
     @app.post("/api/tasks", status_code=201, dependencies=[Depends(_authorized)])
     async def create(request: Request, deps: Deps) -> dict[str, Any]:
         try:
-            raw = wire.loads(await request.body())
+            raw = wire.loads(await _body(request))
         except wire.BadJson as exc:
             raise ApiError(400, f"request body {exc}") from None
         if not isinstance(raw, dict):

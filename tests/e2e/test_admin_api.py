@@ -136,6 +136,20 @@ async def test_an_oversized_body_answers_413(api: httpx.AsyncClient) -> None:
     assert answer.status_code == 413 and answer.json()["success"] is False
 
 
+async def test_an_oversized_body_sent_in_chunks_without_a_length_answers_413(
+    api: httpx.AsyncClient,
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"prompt": "a cat", "metadata": {"blob": "'
+        for _ in range(64):
+            yield b"y" * 16384
+        yield b'"}}'
+
+    answer = await api.post("/api/tasks", content=chunks())
+    assert answer.request.headers.get("transfer-encoding") == "chunked"
+    assert answer.status_code == 413 and "larger than 65536 bytes" in answer.json()["error"]
+
+
 async def test_unknown_tasks_answer_404(api: httpx.AsyncClient) -> None:
     assert (await api.get("/api/tasks/nope")).status_code == 404
     cancel = await api.post("/api/tasks/nope/cancel")
