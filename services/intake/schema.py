@@ -20,6 +20,7 @@ from services.db.rows import NewTask
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 2000
+MAX_IMAGE_COUNT = 4
 MAX_METADATA_BYTES = 4 * 1024
 TASK_ID_PATTERN = r"^[A-Za-z0-9._:-]{1,64}$"
 _TASK_ID = re.compile(TASK_ID_PATTERN)
@@ -70,7 +71,7 @@ def _metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
 # The rules of CONTRACT.md §1, shared with the admin API's POST /api/tasks.
 Prompt = Annotated[str, AfterValidator(_prompt)]
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_not_blank)]
-ImageCount = Annotated[int, Field(ge=1, le=4)]
+ImageCount = Annotated[int, Field(ge=1, le=MAX_IMAGE_COUNT)]
 Metadata = Annotated[dict[str, Any] | None, AfterValidator(_metadata)]
 Reason = Annotated[str, StringConstraints(max_length=500), AfterValidator(_check_text)]
 

@@ -7,9 +7,11 @@ import asyncio
 import json
 import uuid
 
+import aio_pika
 import pytest
 from prometheus_client import REGISTRY
 
+from services.broker.topology import IMAGE_ROUTING_KEY
 from services.db.engine import Database
 from services.db.locks import lock_classes
 from services.db.repository import Repository
@@ -284,6 +286,29 @@ async def test_json_that_python_reads_but_the_database_cannot_hold_is_refused_an
     assert (await bus.final(valid))["status"] == "IMAGES_READY"
     # Two task ids that disagree name neither; too deep to read at all names none.
     assert bus.types("p-one") == bus.types("p-two") == bus.types("p-deep") == []
+
+
+async def test_image_messages_no_relay_wrote_are_parked_as_invalid_and_work_goes_on(
+    bus: Bus, service: Wiring
+) -> None:
+    task_id = await bus.create(_prompt("real work"), image_count=1)
+    await bus.final(task_id)
+    good = {"task_id": task_id, "index": 0, "image_id": 1, "dispatch": 1, "attempt": 0}
+    exchange = await bus.channel.get_exchange(service.topology.work_exchange)
+    ids = []
+    for change in ({"image_id": 2**70}, {"index": -1}, {"task_id": "x" * 100_000}):
+        message = aio_pika.Message(json.dumps(good | change).encode(), message_id=uuid.uuid4().hex)
+        await exchange.publish(message, routing_key=IMAGE_ROUTING_KEY)
+        ids.append(message.message_id)
+    after = await bus.create(_prompt("work after the poison"), image_count=1)
+
+    reasons = await _dead_reasons(service, set(ids))
+    assert [reasons[m] for m in ids] == [
+        "invalid image message: image_id 1180591620717411303424 is not in 1..2147483647",
+        "invalid image message: index -1 is not in 0..3",
+        "invalid image message: task_id is not a task id",
+    ]
+    assert (await bus.final(after))["status"] == "IMAGES_READY"
 
 
 async def test_a_conflicting_duplicate_is_parked_and_the_first_task_is_kept(
