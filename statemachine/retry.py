@@ -3,7 +3,9 @@
 DashScope's error code decides first and the HTTP status second, because the two disagree
 on purpose: billing errors arrive as 429 (``PostpaidBillOverdue``) and an overdue account as
 400 (``Arrearage``). Delays follow the original pipeline: 30/60/120 s after throttling,
-2/4/8 s after any other transient failure.
+2/4/8 s after any other transient failure. A ``Retry-After`` the provider sends (DashScope
+documents none) moves the retry to a later tier of its kind when the tier's delay is
+shorter, so the longest tier (120 s, or 8 s) is the cap: the delays stay the topology's.
 """
 
 from __future__ import annotations
@@ -85,6 +87,8 @@ class ProviderFailure:
     code: str | None = None
     message: str = ""
     transport: Transport | None = None
+    retry_after_s: float | None = None
+    """How long the provider asked to be left alone (its ``Retry-After``), if it said."""
 
     def describe(self) -> str:
         """The seed's error text, e.g. ``provider error: 429 Throttling.RateQuota - …``."""
@@ -167,4 +171,7 @@ def decide(
     if retries_done >= max_retries:
         return FailNow(kind, exhausted=True)
     tier = min(retries_done, TIER_COUNT - 1)
+    wanted = failure.retry_after_s
+    while wanted is not None and tier < TIER_COUNT - 1 and retry_delay_s(kind, tier) < wanted:
+        tier += 1
     return RetryLater(kind, retry=retries_done + 1, tier=tier, delay_s=retry_delay_s(kind, tier))

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
 
@@ -34,6 +36,9 @@ from services.provider.transport import ProviderTransport, Reply
 
 SUBMIT_PATH = "/services/aigc/text2image/image-synthesis"
 MAX_TASK_ID_LENGTH = 128
+RETRY_AFTER_CAP_S = 120.0
+"""The longest a ``Retry-After`` holds a poll back: the longest retry tier."""
+_DELTA_SECONDS = re.compile(r"[0-9]{1,9}")
 """The longest provider task id the database stores (``task_images.provider_task_id``)."""
 
 
@@ -95,6 +100,23 @@ def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds a ``Retry-After`` asks for: delta-seconds or an HTTP date (RFC 9110); None
+    when absent or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if _DELTA_SECONDS.fullmatch(value):
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": a date that does not say its zone
+        return None
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
 def _http_error(reply: Reply) -> ProviderHTTPError:
     body = _json(reply.body) or {}
     message = _str(body.get("message")) or _str(body.get("msg"))
@@ -103,7 +125,11 @@ def _http_error(reply: Reply) -> ProviderHTTPError:
         if body == {} and reply.body:
             message = f"{message} (non-JSON body)"
     return ProviderHTTPError(
-        reply.status, _str(body.get("code")), message, _str(body.get("request_id"))
+        reply.status,
+        _str(body.get("code")),
+        message,
+        _str(body.get("request_id")),
+        retry_after_s(reply.retry_after),
     )
 
 
@@ -300,6 +326,8 @@ class DashScopeClient:
             except ProviderHTTPError as exc:
                 if exc.status != 429 and exc.status < 500:
                     raise
+                if exc.retry_after_s is not None:
+                    delay = max(delay, min(exc.retry_after_s, RETRY_AFTER_CAP_S))
             except ProviderTransportError:
                 pass
             if result is not None and result.status.terminal:

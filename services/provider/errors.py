@@ -21,18 +21,26 @@ class ProviderHTTPError(ProviderError):
     """The provider answered with an error status."""
 
     def __init__(
-        self, status: int, code: str | None, message: str, request_id: str | None = None
+        self,
+        status: int,
+        code: str | None,
+        message: str,
+        request_id: str | None = None,
+        retry_after_s: float | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.message = message
         self.request_id = request_id
+        self.retry_after_s = retry_after_s
         head = " ".join(str(p) for p in (status, code) if p is not None)
         super().__init__(f"provider error: {head} - {message}")
 
     @property
     def failure(self) -> ProviderFailure:
-        return ProviderFailure(self.status, self.code, self.message)
+        return ProviderFailure(
+            self.status, self.code, self.message, retry_after_s=self.retry_after_s
+        )
 
 
 class ProviderTransportError(ProviderError):

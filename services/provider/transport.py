@@ -28,6 +28,8 @@ class Reply:
     status: int
     reason: str
     body: bytes
+    retry_after: str | None = None
+    """The ``Retry-After`` header, as sent."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +108,12 @@ class ProviderTransport:
                 proxy=proxy.url if proxy else None,
                 proxy_headers=proxy.headers if proxy else None,
             ) as response:
-                return Reply(response.status, response.reason or "", await response.read())
+                return Reply(
+                    response.status,
+                    response.reason or "",
+                    await response.read(),
+                    response.headers.get("Retry-After"),
+                )
         except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError) as exc:
             raise ProviderConnectError(f"{exc.__class__.__name__}: {exc}") from None
         except TimeoutError as exc:

@@ -104,6 +104,16 @@ async def test_the_seed_worked_example_retries_only_the_throttled_image(
     assert sim.sim.stats.billed_by_prompt[prompt] == 4
 
 
+async def test_a_throttled_image_waits_in_the_first_tier_as_long_as_the_retry_after_asks(
+    bus: Bus, sim: RunningSimulator
+) -> None:
+    sim.sim.configure({"retry_after_s": 45})
+    task_id = await bus.create(_prompt("told to wait [sim:429@1]"), image_count=1)
+    assert (await bus.final(task_id))["status"] == "IMAGES_READY"
+    [retry] = [e["retry"] for e in bus.events[task_id] if e["event_type"] == "task.image.retrying"]
+    assert (retry["attempt"], retry["delay_s"], retry["reason"]) == (1, 60, "rate_limited")
+
+
 @pytest.mark.parametrize(
     ("marker", "message"),
     [

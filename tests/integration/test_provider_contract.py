@@ -476,3 +476,26 @@ async def test_polling_waits_out_server_errors(
     submitted = await client.submit("x")
     sim.sim.configure({"p_503": 1.0})  # only submits fail; queries keep answering
     assert (await client.wait(submitted.task_id)).status is ProviderTaskStatus.SUCCEEDED
+
+
+async def test_a_retry_after_reaches_the_caller_with_the_error(
+    sim: RunningSimulator, client: DashScopeClient
+) -> None:
+    sim.sim.configure({"p_429": 1.0, "retry_after_s": 45})
+    with pytest.raises(ProviderHTTPError) as raised:
+        await client.submit("x")
+    assert (raised.value.status, raised.value.retry_after_s) == (429, 45.0)
+
+
+async def test_polling_throttled_with_a_retry_after_waits_that_long_before_asking_again(
+    sim: RunningSimulator, client: DashScopeClient
+) -> None:
+    submitted = await client.submit("x")
+    sim.sim.configure({"p_query_429": 1.0, "retry_after_s": 1})
+    started = time.monotonic()
+    waiting = asyncio.create_task(client.wait(submitted.task_id))
+    await asyncio.sleep(0.3)  # ~30 polls at this client's 10 ms rhythm, were it ignored
+    sim.sim.configure({"p_query_429": 0.0})
+    assert (await waiting).status is ProviderTaskStatus.SUCCEEDED
+    assert sim.sim.stats.queries_throttled == 1
+    assert time.monotonic() - started >= 1.0

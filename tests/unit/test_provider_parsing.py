@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
-from services.provider.dashscope import ProviderTaskStatus, _http_error, parse_task
+from services.provider.dashscope import ProviderTaskStatus, _http_error, parse_task, retry_after_s
 from services.provider.transport import Reply
 
 
@@ -38,6 +40,36 @@ def test_an_error_without_a_json_body_keeps_the_status() -> None:
 def test_an_error_body_no_database_could_store_reads_as_non_json(body: bytes) -> None:
     error = _http_error(Reply(429, "Too Many Requests", body))
     assert error.status == 429 and error.code is None and "non-JSON" in error.message
+
+
+NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [
+        ("45", 45.0),
+        (" 7 ", 7.0),
+        ("0", 0.0),
+        ("Thu, 03 Dec 2026 12:00:30 GMT", 30.0),
+        ("Thu, 03 Dec 2026 11:59:00 GMT", 0.0),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("Thu, 03 Dec 2026 12:00:30 -0000", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_a_retry_after_is_read_as_seconds_or_as_a_date(
+    header: str | None, seconds: float | None
+) -> None:
+    assert retry_after_s(header, NOW) == seconds
+
+
+def test_an_error_answer_carries_its_retry_after_to_the_retry_policy() -> None:
+    error = _http_error(Reply(429, "Too Many Requests", b'{"code": "Throttling"}', "45"))
+    assert error.retry_after_s == 45.0 and error.failure.retry_after_s == 45.0
 
 
 def test_a_query_answer_with_only_id_and_status_is_enough() -> None:

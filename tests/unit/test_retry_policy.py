@@ -126,6 +126,34 @@ def test_a_throttled_image_walks_the_three_rate_limit_tiers_then_gives_up() -> N
     assert all(d.reason == "rate_limited" for d in decisions[:3] if isinstance(d, RetryLater))
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "retries_done", "retry_after_s", "delay_s"),
+    [
+        (429, "Throttling", 0, None, 30),
+        (429, "Throttling", 0, 30.0, 30),
+        (429, "Throttling", 0, 30.5, 60),
+        (429, "Throttling", 0, 45.0, 60),
+        (429, "Throttling", 0, 3600.0, 120),
+        (429, "Throttling", 2, 1.0, 120),
+        (429, "Throttling", 1, 0.0, 60),
+        (503, "ModelUnavailable", 0, 3.0, 4),
+        (503, "ModelUnavailable", 0, 60.0, 8),
+    ],
+)
+def test_a_retry_after_moves_the_retry_to_the_first_tier_that_waits_long_enough(
+    status: int, code: str, retries_done: int, retry_after_s: float | None, delay_s: int
+) -> None:
+    failure = ProviderFailure(status, code, "m", retry_after_s=retry_after_s)
+    decision = decide(failure, retries_done)
+    assert isinstance(decision, RetryLater)
+    assert (decision.retry, decision.delay_s) == (retries_done + 1, delay_s)
+
+
+def test_a_retry_after_never_makes_a_fatal_error_retryable() -> None:
+    failure = ProviderFailure(429, "PostpaidBillOverdue", "m", retry_after_s=30.0)
+    assert decide(failure, 0) == FailNow(K.BILLING, exhausted=False)
+
+
 def test_billing_sent_as_429_fails_on_the_first_attempt() -> None:
     assert decide(ProviderFailure(429, "PostpaidBillOverdue", "m"), 0) == FailNow(
         K.BILLING, exhausted=False

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from services import wire
-from services.provider.simulator.engine import MODELS, Fault, SimTask, Simulator
+from services.provider.simulator.engine import FAULTS, MODELS, Fault, SimTask, Simulator
 from services.provider.simulator.png import png_for
 
 _SIZE = re.compile(r"^\d{2,5}\*\d{2,5}$")
@@ -31,10 +31,15 @@ def _rid() -> str:
     return str(uuid.uuid4())
 
 
-def _error(status: int, code: str | None, message: str) -> Response:
+def _error(
+    status: int, code: str | None, message: str, retry_after_s: int | None = None
+) -> Response:
+    headers = None
+    if retry_after_s is not None and (status == 429 or status >= 500):
+        headers = {"Retry-After": str(retry_after_s)}
     if code is None:  # a gateway page, as DashScope's load balancer sends it
-        return Response(message, status_code=status, media_type="text/html")
-    return JSONResponse({"request_id": _rid(), "code": code, "message": message}, status)
+        return Response(message, status, headers, media_type="text/html")
+    return JSONResponse({"request_id": _rid(), "code": code, "message": message}, status, headers)
 
 
 def _invalid(message: str) -> Response:
@@ -120,7 +125,7 @@ class SimulatorApp:
             return _error(504, None, "<html><body><h1>504 Gateway Time-out</h1></body></html>")
         if decision.fault is not None:
             fault: Fault = decision.fault
-            return _error(fault.status, fault.code, fault.message)
+            return _error(fault.status, fault.code, fault.message, self.sim.config.retry_after_s)
         assert decision.task is not None
         if self.sim.config.answer_delay_s:
             await asyncio.sleep(self.sim.config.answer_delay_s)
@@ -180,6 +185,9 @@ class SimulatorApp:
     async def query(self, request: Request) -> Response:
         if not self._authorized(request):
             return _error(401, "InvalidApiKey", "Invalid API-key provided.")
+        if self.sim.query_throttled():
+            fault = FAULTS["429"]
+            return _error(fault.status, fault.code, fault.message, self.sim.config.retry_after_s)
         task_id = request.path_params["task_id"]
         task = self.sim.find(task_id)
         if task is None:

@@ -55,6 +55,10 @@ class SimConfig(BaseModel):
     p_hang: float = Field(default=0.0, ge=0, le=1)
     p_task_failed: float = Field(default=0.0, ge=0, le=1)
     p_unknown: float = Field(default=0.0, ge=0, le=1)
+    p_query_429: float = Field(default=0.0, ge=0, le=1)
+    """Chance that a query answers 429, as one over the account's 20 queries/s does."""
+    retry_after_s: int | None = Field(default=None, ge=0)
+    """Sent as ``Retry-After`` with every 429 and 5xx answer; DashScope documents none."""
     hang_s: float = Field(default=300.0, ge=0)
     answer_delay_s: float = Field(default=0.0, ge=0)
     """How long an accepted submit's answer takes: the task exists (and is billed) before
@@ -118,6 +122,7 @@ class Stats:
     billed_images: int = 0
     billed_by_prompt: Counter[str] = field(default_factory=Counter)
     queries: int = 0
+    queries_throttled: int = 0
     cancels: int = 0
     peak_running: int = 0
 
@@ -131,6 +136,7 @@ class Stats:
             "billed_images": self.billed_images,
             "billed_by_prompt": dict(self.billed_by_prompt),
             "queries": self.queries,
+            "queries_throttled": self.queries_throttled,
             "cancels": self.cancels,
             "peak_running": self.peak_running,
         }
@@ -344,6 +350,12 @@ class Simulator:
         if task.ends_at > now:
             return "RUNNING"
         return "FAILED" if task.outcome in ("failed", "failed_inspect") else "SUCCEEDED"
+
+    def query_throttled(self) -> bool:
+        """Whether this query is over the account's query rate (``p_query_429``)."""
+        throttled = self._chance(self.config.p_query_429)
+        self.stats.queries_throttled += throttled
+        return throttled
 
     def find(self, task_id: str) -> SimTask | None:
         self.advance()
