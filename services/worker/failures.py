@@ -76,7 +76,13 @@ class Failures:
         error: str,
         decision: RetryLater | FailNow,
     ) -> None:
-        fields = {"task_id": msg.task_id, "image_index": msg.index, "attempt": image.attempts}
+        fields: dict[str, object] = {
+            "task_id": msg.task_id,
+            "image_index": msg.index,
+            "attempt": image.attempts,
+        }
+        if (retry_after_s := exc.failure.retry_after_s) is not None:
+            fields["retry_after_s"] = retry_after_s  # why the delay may exceed the attempt's
         retryable = decision.kind.retryable
         log.warning(
             "image failed", action="image_error", error=error, retryable=retryable, **fields

@@ -10,6 +10,7 @@ import uuid
 import aio_pika
 import pytest
 from prometheus_client import REGISTRY
+from structlog.testing import capture_logs
 
 from services.broker.topology import IMAGE_ROUTING_KEY
 from services.db.engine import Database
@@ -108,10 +109,13 @@ async def test_a_throttled_image_waits_in_the_first_tier_as_long_as_the_retry_af
     bus: Bus, sim: RunningSimulator
 ) -> None:
     sim.sim.configure({"retry_after_s": 45})
-    task_id = await bus.create(_prompt("told to wait [sim:429@1]"), image_count=1)
-    assert (await bus.final(task_id))["status"] == "IMAGES_READY"
+    with capture_logs() as logs:
+        task_id = await bus.create(_prompt("told to wait [sim:429@1]"), image_count=1)
+        assert (await bus.final(task_id))["status"] == "IMAGES_READY"
     [retry] = [e["retry"] for e in bus.events[task_id] if e["event_type"] == "task.image.retrying"]
     assert (retry["attempt"], retry["delay_s"], retry["reason"]) == (1, 60, "rate_limited")
+    [logged] = [e for e in logs if e.get("action") == "rate_limited"]
+    assert (logged["delay_s"], logged["retry_after_s"]) == (60, 45.0)
 
 
 @pytest.mark.parametrize(
