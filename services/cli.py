@@ -266,11 +266,14 @@ def show_task(out: Console, view: dict[str, Any]) -> None:
     text, never markup, since a prompt or a provider's message may hold ``[/b]``."""
     table = Table(show_header=False)
     for key, value in view.items():
-        if key != "images" and value not in (None, {}):
+        if key not in ("images", "retrying") and value not in (None, {}):
             table.add_row(key, Text(str(value)))
     out.print(table)
     for image in view["images"]:
         out.print(Text(f"image {image['index']}: {image['url']}"), soft_wrap=True)
+    for retry in view["retrying"]:
+        line = f"image {retry['index']} retrying after attempt {retry['attempt']}: {retry['error']}"
+        out.print(Text(line), soft_wrap=True)
 
 
 @app.command()

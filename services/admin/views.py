@@ -15,6 +15,7 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def task_view(task: TaskRow, images: list[ImageRow]) -> dict[str, Any]:
+    images = sorted(images, key=lambda i: i.index)
     return {
         "id": task.id,
         "userId": task.user_id,
@@ -25,15 +26,18 @@ def task_view(task: TaskRow, images: list[ImageRow]) -> dict[str, Any]:
         "imageGenerationCompletedAt": _iso(task.image_generation_completed_at),
         "failedAt": _iso(task.failed_at),
         "errorMessage": task.error_message,
-        "images": [
-            {"id": str(i.id), "url": i.url, "index": i.index}
-            for i in sorted(images, key=lambda i: i.index)
-            if i.url
-        ],
+        "images": [{"id": str(i.id), "url": i.url, "index": i.index} for i in images if i.url],
         "imageCount": task.image_count,
         "imagesReady": task.images_ready,
         "version": task.version,
         "metadata": task.meta,
+        # What a polling front end shows while the provider throttles: the seed's "tell the
+        # user the service is busy and retrying", which subscribers get as events.
+        "retrying": [
+            {"index": i.index, "attempt": i.attempts, "error": i.last_error}
+            for i in images
+            if task.active and not i.stored and i.attempts > 0
+        ],
     }
 
 

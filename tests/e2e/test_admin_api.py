@@ -100,6 +100,25 @@ async def test_a_task_created_over_http_is_processed_and_shown_like_the_original
     }
 
 
+async def test_a_polling_front_end_sees_an_image_retrying_and_why_until_the_task_ends(
+    api: httpx.AsyncClient,
+) -> None:
+    # Every submit throttled: four attempts, about a second of scaled tier waits, FAILED.
+    created = await api.post("/api/tasks", json={"prompt": "busy [sim:429]", "imageCount": 1})
+    path = f"/api/tasks/{created.json()['data']['id']}"
+    assert created.json()["data"]["retrying"] == []
+    seen: dict[int, str] = {}
+    for _ in range(300):
+        task = (await api.get(path)).json()["data"]
+        seen |= {r["attempt"]: r["error"] for r in task["retrying"] if r["index"] == 0}
+        if task["status"] == "FAILED":
+            break
+        await asyncio.sleep(0.01)
+    assert task["status"] == "FAILED" and task["retrying"] == []
+    assert seen and set(seen) <= {1, 2, 3}
+    assert all(e.startswith("provider error: 429 Throttling.RateQuota") for e in seen.values())
+
+
 @pytest.mark.parametrize(
     ("body", "error"),
     [
