@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -13,10 +14,14 @@ from pydantic import (
     field_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from yarl import URL
 
 from services.errors import ConfigError
 
 _NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# The password of a URL (scheme://user:password@host), kept out of error messages.
+_PASSWORD = re.compile(r"(://[^:/@]*:)[^@/]*@")
 _UNSET = {
     "dashscope_api_key": "to use the built-in simulator",
     "admin_token": "to leave /api open",
@@ -82,6 +87,16 @@ class Settings(BaseSettings):
     def _asyncpg_only(cls, value: str) -> str:
         if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("must start with postgresql+asyncpg://")
+        try:
+            url = make_url(value)
+        except ValueError as exc:  # a port that is not a number
+            raise ValueError(f"is not a database URL ({exc})") from None
+        if not url.database:
+            # asyncpg would connect to the user's own database, "postgres" most often, and
+            # the migrations would fill that one.
+            raise ValueError("must name the database, as in …/imagegen")
+        if url.port is not None and not 1 <= url.port <= 65535:
+            raise ValueError(f"has port {url.port}, outside 1..65535")
         return value
 
     @field_validator("namespace")
@@ -97,6 +112,12 @@ class Settings(BaseSettings):
     def _amqp_scheme(cls, value: str) -> str:
         if not value.startswith(("amqp://", "amqps://")):
             raise ValueError("must start with amqp:// or amqps://")
+        try:
+            host = URL(value).host
+        except ValueError as exc:  # a port that is not a number, or out of range
+            raise ValueError(f"is not a broker URL ({exc})") from None
+        if not host:
+            raise ValueError("must name the broker's host, as in amqp://guest:guest@host:5672/")
         return value
 
     @field_validator("dashscope_api_key", "admin_token", mode="before")
@@ -148,5 +169,6 @@ def load_settings(**overrides: Any) -> Settings:
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
             message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{_variable_name(field)}={error.get('input')!r}: {message}")
+            shown = _PASSWORD.sub(r"\1***@", str(error.get("input")))
+            problems.append(f"{_variable_name(field)}={shown!r}: {message}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

@@ -22,7 +22,8 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
     """A robust connection named ``name`` in RabbitMQ's connection list; ``BrokerUnavailable``
     saying why when the first attempt fails (later losses are reconnected by aio-pika)."""
     where = URL(url)
-    broker = f"RabbitMQ at {where.host}:{where.port}"
+    port = where.port or (5671 if where.scheme == "amqps" else 5672)
+    broker = f"RabbitMQ at {where.host}:{port}"
     connection = aio_pika.RobustConnection(
         where,
         client_properties={"connection_name": name},
