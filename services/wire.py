@@ -38,15 +38,12 @@ def _no_constant(name: str) -> Any:
     raise BadJson(f"is not valid JSON: {name} is not a JSON value")
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes) -> Any:
     """The value of a JSON document, or ``BadJson`` whose text completes "the body …"."""
-    if isinstance(data, bytes):
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise BadJson(f"is not valid UTF-8 (byte {exc.start})") from None
-    else:
-        text = data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadJson(f"is not valid UTF-8 (byte {exc.start})") from None
     try:
         value = json.loads(text, object_pairs_hook=_unique_keys, parse_constant=_no_constant)
     except BadJson:

@@ -40,12 +40,11 @@ from services.intake.schema import (
 from services.logs import get_logger
 
 log = get_logger("imagegen.admin")
+_TOO_LARGE = f"request body larger than {MAX_BODY_BYTES} bytes"
 
 TASKS_BY_STATUS = Gauge("imagegen_tasks", "Tasks by status", ["status"])
 OUTBOX_ROWS = Gauge("imagegen_outbox_rows", "Outbox rows not yet published")
 OUTBOX_LAG = Gauge("imagegen_outbox_lag_seconds", "Age of the oldest unpublished outbox row")
-_TOO_LARGE = f"request body larger than {MAX_BODY_BYTES} bytes"
-
 QUEUE_DEPTH = Gauge("imagegen_queue_messages", "Ready messages per queue", ["queue"])
 
 

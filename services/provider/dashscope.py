@@ -36,10 +36,10 @@ from services.provider.transport import ProviderTransport, Reply
 
 SUBMIT_PATH = "/services/aigc/text2image/image-synthesis"
 MAX_TASK_ID_LENGTH = 128
+"""The longest provider task id the database stores (``task_images.provider_task_id``)."""
 RETRY_AFTER_CAP_S = 120.0
 """The longest a ``Retry-After`` holds a poll back: the longest retry tier."""
 _DELTA_SECONDS = re.compile(r"[0-9]{1,9}")
-"""The longest provider task id the database stores (``task_images.provider_task_id``)."""
 
 
 class ProviderTaskStatus(StrEnum):

@@ -28,4 +28,4 @@ def test_paired_surrogate_escapes_and_deep_enough_nesting_are_read() -> None:
         "e": "\U0001f600",
         "n": [[[1500.0]]],
     }
-    assert wire.loads("[" * 500 + "]" * 500) is not None
+    assert wire.loads(b"[" * 500 + b"]" * 500) is not None
