@@ -42,7 +42,11 @@ from services.logs import get_logger
 log = get_logger("imagegen.admin")
 _TOO_LARGE = f"request body larger than {MAX_BODY_BYTES} bytes"
 
-TASKS_BY_STATUS = Gauge("imagegen_tasks", "Tasks by status", ["status"])
+TASKS_BY_STATUS = Gauge(
+    "imagegen_tasks",
+    "Tasks with work ahead, by status (finished ones: imagegen_tasks_finished_total)",
+    ["status"],
+)
 OUTBOX_ROWS = Gauge("imagegen_outbox_rows", "Outbox rows not yet published")
 OUTBOX_LAG = Gauge("imagegen_outbox_lag_seconds", "Age of the oldest unpublished outbox row")
 QUEUE_DEPTH = Gauge("imagegen_queue_messages", "Ready messages per queue", ["queue"])

@@ -29,7 +29,7 @@ from services.db.rows import (
     planned,
     split_joined,
 )
-from statemachine import TaskStatus, Trigger
+from statemachine import Trigger
 
 T = TypeVar("T")
 IMAGE_ID_BATCH = 64
@@ -293,8 +293,9 @@ class Repository:
 
     async def counts(self) -> TaskCounts:
         async with self.transaction() as tx:
-            by_status = {s.value: 0 for s in TaskStatus}
-            by_status.update({r[0]: int(r[1]) for r in await tx.conn.fetch(sql.COUNT_STATUSES)})
+            by_status = dict.fromkeys(sql.IN_FLIGHT_VALUES, 0)
+            counted = await tx.conn.fetch(sql.COUNT_STATUSES, sql.IN_FLIGHT_VALUES)
+            by_status.update({r[0]: int(r[1]) for r in counted})
             rows, oldest_s = await tx.conn.fetchrow(sql.OUTBOX_LAG)
         return TaskCounts(by_status, int(rows), float(oldest_s))
 

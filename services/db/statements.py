@@ -79,7 +79,9 @@ TAKE_OUTBOX = (
 )
 DELETE_OUTBOX = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
 TRY_XACT_LOCK = "SELECT pg_try_advisory_xact_lock($1, $2)"
-COUNT_STATUSES = "SELECT status, count(*) FROM tasks GROUP BY status"
+# Only statuses a task passes through: counting those that hold the whole history (every
+# finished task) would scan the table on every scrape of /metrics, 0.13 s at 2 million rows.
+COUNT_STATUSES = "SELECT status, count(*) FROM tasks WHERE status = ANY($1::text[]) GROUP BY status"
 OUTBOX_LAG = (
     "SELECT count(*), coalesce(extract(epoch FROM now() - min(created_at)), 0)::float8 FROM outbox"
 )
@@ -91,6 +93,8 @@ STALE_IMAGES = (
 )
 ACTIVE_VALUES = [s.value for s in ACTIVE_STATUSES]
 """The active statuses as the statements take them (``MARK_SUBMITS``'s $9 among them)."""
+IN_FLIGHT_VALUES = [*ACTIVE_VALUES, TaskStatus.GENERATING_MODEL.value]
+"""The statuses of tasks with work still ahead, which ``/metrics`` counts."""
 
 # One round trip: for each image, a free slot (not one this process holds), then the image
 # (migrations 0002 and 0005); for each image won, its submit marked and its task read.

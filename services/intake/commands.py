@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from services import metrics
 from services.db.errors import LostRace
 from services.db.locks import ProviderSlots
 from services.db.repository import Repository, Tx
@@ -16,7 +17,7 @@ from services.db.rows import ImageRow, NewTask, Outgoing, TaskRow
 from services.errors import ImagegenError
 from services.events import Events
 from services.logs import get_logger
-from statemachine import Trigger, can_fire
+from statemachine import TaskStatus, Trigger, can_fire
 
 log = get_logger("imagegen.intake")
 RUNNING_LOG_MAX_AGE_S = 0.2
@@ -128,6 +129,8 @@ async def cancel_task(
         return CancelResult(CancelOutcome.CANCELLED, row)
 
     result = await repo.atomic(work)
+    if result.outcome is CancelOutcome.CANCELLED:
+        metrics.TASKS_FINISHED.labels(TaskStatus.CANCELLED.value).inc()
     log.info(
         "cancel request",
         action="cancel",

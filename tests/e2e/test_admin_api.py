@@ -10,6 +10,7 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 from structlog.testing import capture_logs
 
 from services.admin.app import create_app
@@ -235,11 +236,14 @@ async def test_a_pending_task_can_be_cancelled_over_http(
         service.repo, service.events, NewTask(id="http-cancel-1", user_id="u", prompt="p")
     )
     assert created.task.status.value == "PENDING"
+    cancelled = {"status": "CANCELLED"}
+    before = REGISTRY.get_sample_value("imagegen_tasks_finished_total", cancelled) or 0
     answer = await api.post("/api/tasks/http-cancel-1/cancel")
     assert answer.status_code == 200
     assert answer.json() == {"success": True, "message": "Task cancelled"}
     shown = (await api.get("/api/tasks/http-cancel-1")).json()["data"]
     assert shown["status"] == "CANCELLED"
+    assert REGISTRY.get_sample_value("imagegen_tasks_finished_total", cancelled) == before + 1
 
 
 async def test_queue_status_reports_slots_and_queues(api: httpx.AsyncClient) -> None:
@@ -279,13 +283,16 @@ async def test_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:
     answer = await api.get("/metrics")
     assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/plain")
     for name in (
-        "imagegen_tasks{",
+        'imagegen_tasks{status="PENDING"}',
+        'imagegen_tasks{status="GENERATING_IMAGES"}',
         "imagegen_images_stored_total",
         "imagegen_outbox_rows",
         "imagegen_queue_messages{",
         "imagegen_provider_calls_total",
     ):
         assert name in answer.text
+    # Finished tasks are the table's whole history: counting them would scan it per scrape.
+    assert 'imagegen_tasks{status="IMAGES_READY"}' not in answer.text
 
 
 async def test_the_token_guards_api_routes_but_not_the_probes(guarded: httpx.AsyncClient) -> None:

@@ -265,3 +265,21 @@ async def test_creating_a_taken_task_id_queues_no_messages(repo: Repository) -> 
         assert await _outbox_ids(tx, task.id) == []
         _, images = await tx.get_task_with_images(task.id)
         assert len(images) == task.image_count
+
+
+async def test_counts_take_the_statuses_with_work_ahead_and_leave_finished_history_alone(
+    repo: Repository,
+) -> None:
+    before = (await repo.counts()).by_status
+    await _create(repo)
+    started, cancelled = await _create(repo), await _create(repo)
+    async with repo.autocommit() as tx:
+        assert await tx.transition(started, Trigger.START) is not None
+        assert await tx.transition(cancelled, Trigger.CANCEL) is not None
+    after = (await repo.counts()).by_status
+    assert set(after) == {"PENDING", "GENERATING_IMAGES", "GENERATING_MODEL"}
+    assert {s: after[s] - before[s] for s in after} == {
+        "PENDING": 1,
+        "GENERATING_IMAGES": 1,
+        "GENERATING_MODEL": 0,
+    }
