@@ -365,6 +365,8 @@ async def test_a_correlation_id_no_database_can_store_is_refused_back_to_its_sen
     assert reasons[message_id] == "correlation_id must not contain NUL characters"
     rejected = await bus.wait_for(task_id, "task.rejected")
     assert rejected["_correlation_id"] == "req\x001"
+    if routing_key == "task.cancel":
+        assert (await bus.final(task_id))["status"] == "IMAGES_READY"  # the cancel changed nothing
 
 
 async def test_a_cancel_also_cancels_provider_tasks_still_pending_at_dashscope(
