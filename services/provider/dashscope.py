@@ -159,6 +159,27 @@ def _provider_seconds(output: dict[str, Any]) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def parse_submit(body: dict[str, Any] | None) -> SubmitResult:
+    """Read a submit's 200 answer: without a usable ``output.task_id`` the task it created
+    cannot be polled, and may have been billed."""
+    output = body.get("output") if body else None
+    if not isinstance(output, dict):
+        output = {}
+    task_id = _str(output.get("task_id"))
+    if task_id is None or len(task_id) > MAX_TASK_ID_LENGTH:
+        raise ProviderTransportError(
+            "submit answer without a usable output.task_id", ambiguous=True
+        )
+    status = _str(output.get("task_status")) or ""
+    return SubmitResult(
+        task_id=task_id,
+        status=ProviderTaskStatus(status)
+        if status in ProviderTaskStatus.__members__
+        else ProviderTaskStatus.PENDING,
+        request_id=_str(body.get("request_id")) if body else None,
+    )
+
+
 def parse_task(body: dict[str, Any]) -> TaskResult:
     """Read a query answer; every field but ``task_id`` and ``task_status`` is optional."""
     output = body.get("output")
@@ -171,7 +192,8 @@ def parse_task(body: dict[str, Any]) -> TaskResult:
             f"unknown task_status {output.get('task_status')!r}", ambiguous=False
         ) from None
     entries = []
-    for item in output.get("results") or []:
+    results = output.get("results")
+    for item in results if isinstance(results, list) else []:
         if not isinstance(item, dict):
             continue
         entries.append(
@@ -268,24 +290,7 @@ class DashScopeClient:
         )
         if reply.status != 200:
             raise _http_error(reply)
-        body = _json(reply.body)
-        output = body.get("output") if body else None
-        if not isinstance(output, dict):
-            output = {}
-        task_id = _str(output.get("task_id"))
-        if task_id is None or len(task_id) > MAX_TASK_ID_LENGTH:
-            # 200 means a task exists somewhere, but without its id it cannot be polled.
-            raise ProviderTransportError(
-                "submit answer without a usable output.task_id", ambiguous=True
-            )
-        status = output.get("task_status")
-        return SubmitResult(
-            task_id=task_id,
-            status=ProviderTaskStatus(str(status))
-            if status in ProviderTaskStatus.__members__
-            else ProviderTaskStatus.PENDING,
-            request_id=_str(body.get("request_id")) if body else None,
-        )
+        return parse_submit(_json(reply.body))
 
     async def query(self, task_id: str) -> TaskResult:
         await self._queries.wait()

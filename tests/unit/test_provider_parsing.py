@@ -6,7 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from services.provider.dashscope import ProviderTaskStatus, _http_error, parse_task, retry_after_s
+from services.provider.dashscope import (
+    ProviderTaskStatus,
+    _http_error,
+    parse_submit,
+    parse_task,
+    retry_after_s,
+)
+from services.provider.errors import ProviderTransportError
 from services.provider.transport import Reply
 
 
@@ -75,6 +82,30 @@ def test_an_error_answer_carries_its_retry_after_to_the_retry_policy() -> None:
 def test_a_query_answer_with_only_id_and_status_is_enough() -> None:
     result = parse_task({"output": {"task_id": "t1", "task_status": "RUNNING"}})
     assert result.status is ProviderTaskStatus.RUNNING and result.results == ()
+
+
+@pytest.mark.parametrize("results", [5, "a string", {"url": "https://x/1.png"}, None, True])
+def test_results_that_are_not_a_list_read_as_none_rather_than_an_error(results: object) -> None:
+    answer = {"output": {"task_id": "t1", "task_status": "SUCCEEDED", "results": results}}
+    assert parse_task(answer).results == ()
+
+
+@pytest.mark.parametrize("status", [[], {}, 5, None, "RUNNING?"])
+def test_a_submit_answer_with_an_odd_status_is_still_a_task_to_poll(status: object) -> None:
+    submitted = parse_submit({"output": {"task_id": "t1", "task_status": status}})
+    assert (submitted.task_id, submitted.status) == ("t1", ProviderTaskStatus.PENDING)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, {}, {"output": []}, {"output": {"task_id": 5}}, {"output": {"task_id": "x" * 129}}],
+)
+def test_a_submit_answer_without_a_usable_task_id_may_have_been_billed(
+    body: dict[str, object] | None,
+) -> None:
+    with pytest.raises(ProviderTransportError) as raised:
+        parse_submit(body)
+    assert raised.value.ambiguous
 
 
 def test_partial_results_keep_failed_entries_apart_from_urls() -> None:
