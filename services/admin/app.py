@@ -91,8 +91,10 @@ def _authorized(request: Request, deps: Deps) -> None:
         return
     # Compared as bytes: compare_digest refuses str with non-ASCII characters (a 500 for
     # anyone who sends one), and Starlette hands the header over decoded as latin-1.
-    sent = request.headers.get("authorization", "").encode("latin-1")
-    if not hmac.compare_digest(sent, f"Bearer {token.get_secret_value()}".encode()):
+    # The scheme is case-insensitive (RFC 9110), so "bearer" is as good as "Bearer".
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.encode("latin-1"), expected):
         raise ApiError(401, "Unauthorized: a valid bearer token is required")
 
 

@@ -297,11 +297,19 @@ async def test_metrics_are_prometheus_text(api: httpx.AsyncClient) -> None:
 
 async def test_the_token_guards_api_routes_but_not_the_probes(guarded: httpx.AsyncClient) -> None:
     assert (await guarded.get("/api/queue/status")).status_code == 401
-    for sent in (b"Bearer wrong", "Bearer caf\u00e9".encode(), b"Bearer \xff"):
+    for sent in (
+        b"Bearer wrong",
+        "Bearer caf\u00e9".encode(),
+        b"Bearer \xff",
+        f"Basic {TOKEN}".encode(),
+        f"Bearer  {TOKEN}".encode(),
+        TOKEN.encode(),
+    ):
         wrong = await guarded.get("/api/queue/status", headers={"Authorization": sent})
-        assert wrong.status_code == 401 and wrong.json()["success"] is False
-    right = await guarded.get("/api/queue/status", headers={"Authorization": f"Bearer {TOKEN}"})
-    assert right.status_code == 200
+        assert wrong.status_code == 401 and wrong.json()["success"] is False, sent
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        headers = {"Authorization": f"{scheme} {TOKEN}"}
+        assert (await guarded.get("/api/queue/status", headers=headers)).status_code == 200
     assert (await guarded.post("/api/tasks", json={"prompt": "x"})).status_code == 401
     for open_path in ("/healthz", "/readyz", "/metrics"):
         assert (await guarded.get(open_path)).status_code == 200
