@@ -56,12 +56,13 @@ def test_a_key_read_from_a_file_loses_its_trailing_newline(
         ("IMAGEGEN_MAX_RETRIES", "-1"),
         ("IMAGEGEN_HTTP_PORT", "70000"),
         ("IMAGEGEN_DATABASE_URL", "mysql://x"),
-        ("IMAGEGEN_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/"),
+        ("IMAGEGEN_DATABASE_URL", "mysql://app:s3cret-pw@db/imagegen"),
+        ("IMAGEGEN_DATABASE_URL", "postgresql+asyncpg://app:s3cret-pw@127.0.0.1:5432/"),
         ("IMAGEGEN_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:abc/imagegen"),
         ("IMAGEGEN_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:99999/imagegen"),
         ("IMAGEGEN_AMQP_URL", "http://x"),
         ("IMAGEGEN_AMQP_URL", "amqp:///"),
-        ("IMAGEGEN_AMQP_URL", "amqp://guest:guest@127.0.0.1:abc/"),
+        ("IMAGEGEN_AMQP_URL", "amqp://app:s3cret-pw@127.0.0.1:abc/"),
         ("IMAGEGEN_AMQP_URL", "amqp://guest:guest@127.0.0.1:99999/"),
         ("IMAGEGEN_NAMESPACE", "bad name!"),
         ("IMAGEGEN_NAMESPACE", "amq"),
@@ -73,7 +74,7 @@ def test_a_key_read_from_a_file_loses_its_trailing_newline(
         ("DASHSCOPE_BASE_URL", "https://"),
     ],
 )
-def test_a_bad_value_fails_with_a_message_naming_the_variable(
+def test_a_bad_value_fails_with_a_message_naming_the_variable_but_never_a_password(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
     monkeypatch.setenv(name, value)
@@ -81,24 +82,7 @@ def test_a_bad_value_fails_with_a_message_naming_the_variable(
         load_settings()
     assert str(raised.value).startswith(f"invalid settings: {name}=")
     assert "Value error" not in str(raised.value)
-
-
-@pytest.mark.parametrize(
-    ("name", "value"),
-    [
-        ("IMAGEGEN_DATABASE_URL", "mysql://app:s3cret-pw@db/imagegen"),
-        ("IMAGEGEN_DATABASE_URL", "postgresql+asyncpg://app:s3cret-pw@db:5432/"),
-        ("IMAGEGEN_AMQP_URL", "http://app:s3cret-pw@mq/"),
-        ("IMAGEGEN_AMQP_URL", "amqp://app:s3cret-pw@mq:abc/"),
-    ],
-)
-def test_a_password_in_a_bad_url_stays_out_of_the_error(
-    monkeypatch: pytest.MonkeyPatch, name: str, value: str
-) -> None:
-    monkeypatch.setenv(name, value)
-    with pytest.raises(ConfigError) as raised:
-        load_settings()
-    assert "s3cret-pw" not in str(raised.value) and "app:***@" in str(raised.value)
+    assert "s3cret-pw" not in str(raised.value)
 
 
 def test_a_socket_directory_in_the_query_is_a_database_url_like_any_other(
