@@ -6,6 +6,10 @@ Python's ``json`` accepts what the rest of the path cannot carry: ``NaN`` and ``
 raise ``RecursionError``. It also lets the last of two equal keys win, where another
 service's parser may keep the first, so two readers of one message would disagree on its
 ``task_id``. Each of these is refused here, at the edge, with the reason.
+
+What other services and operators send is read this way. The provider's answers are not
+(``services/provider/dashscope.py``): a billed submit's answer refused for a repeated key
+would leave its task unknown, so only what is taken from them is checked.
 """
 
 from __future__ import annotations

@@ -23,7 +23,6 @@ import httpx
 from pydantic import SecretStr
 from yarl import URL
 
-from services import wire
 from services.provider.errors import (
     ProviderConnectError,
     ProviderHTTPError,
@@ -89,15 +88,26 @@ class TaskResult:
 
 
 def _json(body: bytes) -> dict[str, Any] | None:
+    # Read leniently, unlike the requests the service takes in: refusing a billed submit's
+    # answer for a repeated key would leave its task unknown. What is stored goes through
+    # ``_str``, and deep nesting, which Python's reader cannot take, is no answer at all.
     try:
-        value = wire.loads(body)
-    except wire.BadJson:
+        value = json.loads(body)
+    except (ValueError, RecursionError):  # UnicodeDecodeError among them
         return None
     return value if isinstance(value, dict) else None
 
 
 def _str(value: object) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A non-empty string that can be stored: an unpaired surrogate escape (``"\\ud800"``)
+    is valid JSON that no UTF-8 encoder, so no database, takes."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value
 
 
 def retry_after_s(value: str | None, now: datetime | None = None) -> float | None:

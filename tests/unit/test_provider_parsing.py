@@ -9,6 +9,7 @@ import pytest
 from services.provider.dashscope import (
     ProviderTaskStatus,
     _http_error,
+    _json,
     parse_submit,
     parse_task,
     retry_after_s,
@@ -32,21 +33,22 @@ def test_an_error_without_a_json_body_keeps_the_status() -> None:
     assert error.status == 502 and error.code is None and "non-JSON" in error.message
 
 
-@pytest.mark.parametrize(
-    "body",
-    [
-        b'{"code": "Throttling", "message": "\\ud800 cannot be stored"}',
-        b'{"code": "Throttling", "message": "'
-        + b"x" * 10
-        + b'", "d": '
-        + b"[" * 9000
-        + b"]" * 9000
-        + b"}",
-    ],
-)
-def test_an_error_body_no_database_could_store_reads_as_non_json(body: bytes) -> None:
+def test_an_error_body_nested_too_deep_to_read_reads_as_non_json() -> None:
+    body = b'{"code": "Throttling", "d": ' + b"[" * 9000 + b"]" * 9000 + b"}"
     error = _http_error(Reply(429, "Too Many Requests", body))
     assert error.status == 429 and error.code is None and "non-JSON" in error.message
+
+
+def test_a_text_no_database_could_store_is_left_out_and_the_rest_of_the_answer_read() -> None:
+    body = b'{"code": "Throttling", "message": "\\ud800 cannot be stored", "code": "Throttling"}'
+    error = _http_error(Reply(429, "Too Many Requests", body))
+    assert (error.code, error.message) == ("Throttling", "Too Many Requests")
+    # A billed submit's answer: a repeated key does not hide its task id.
+    submitted = parse_submit(_json(b'{"output": {"task_id": "t-1", "task_id": "t-1"}}'))
+    assert submitted.task_id == "t-1"
+    with pytest.raises(ProviderTransportError) as raised:
+        parse_submit({"output": {"task_id": "t-\udfff"}})
+    assert raised.value.ambiguous, "a task that cannot be stored cannot be polled later"
 
 
 NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
