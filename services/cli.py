@@ -229,7 +229,7 @@ def submit(
     user_id: str = "cli",
     image_count: Annotated[int, typer.Option(min=1, max=4)] = 4,
     timeout: Annotated[
-        float, typer.Option(help="Give up waiting after this many idle seconds.")
+        float, typer.Option(min=0.1, help="Give up waiting after this many idle seconds.")
     ] = 300,
 ) -> None:
     """Publish a task.created event, as another service would."""

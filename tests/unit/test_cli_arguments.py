@@ -13,3 +13,11 @@ def test_an_out_of_range_simulator_knob_is_a_usage_error_naming_its_flag() -> No
     assert result.exit_code == 2
     assert "--p-429=2.0" in result.output and "--latency=-1.0" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_wait_of_no_time_is_a_usage_error_before_anything_is_published() -> None:
+    for timeout in ("-5", "0"):
+        result = CliRunner().invoke(
+            app, ["submit", "a cat", "--wait", "--timeout", timeout], env={"COLUMNS": "200"}
+        )
+        assert result.exit_code == 2 and "--timeout" in result.output, result.output
