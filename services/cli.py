@@ -161,7 +161,7 @@ def simulator(
             flag = flags.get(name, "--" + name.replace("_", "-"))
             problems.append(f"{flag}={error['input']}: {error['msg']}")
         raise typer.BadParameter("; ".join(problems)) from None
-    setup_logging()
+    _settings()  # IMAGEGEN_LOG_FORMAT and IMAGEGEN_LOG_LEVEL hold here as for every command
     console.print(f"DashScope simulator on http://{host}:{port}/api/v1 (knobs: /_sim/config)")
     serve(config, host, port)
 

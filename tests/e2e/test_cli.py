@@ -13,6 +13,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from services.provider.simulator import RunningSimulator
 from services.runtime import Wiring
 from tests.e2e.conftest import Bus
@@ -88,13 +90,19 @@ async def test_submit_wait_exits_1_with_the_reason_when_the_task_is_rejected(
     assert "final status: rejected" in shown.stdout and "prompt: must not be blank" in shown.stdout
 
 
-async def test_a_json_log_stays_json_when_a_library_reports_the_failure(service: Wiring) -> None:
+@pytest.mark.parametrize("role", ["admin", "simulator"])
+async def test_a_json_log_stays_json_when_a_library_reports_the_failure(
+    service: Wiring, role: str
+) -> None:
+    # Both serve with uvicorn; the simulator's server is also embedded in `imagegen run`
+    # beside the admin probe's, where its logging setup printed the probe's lines bare.
     with socket.socket() as taken:
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
+        args = [role] if role == "admin" else [role, "--host", "0.0.0.0", "--port", port]
         shown = await asyncio.to_thread(
-            imagegen, service, "admin", IMAGEGEN_HTTP_PORT=port, IMAGEGEN_LOG_FORMAT="json"
+            imagegen, service, *args, IMAGEGEN_HTTP_PORT=port, IMAGEGEN_LOG_FORMAT="json"
         )
     assert shown.returncode != 0
     lines = [json.loads(line) for line in shown.stderr.splitlines()]

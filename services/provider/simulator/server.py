@@ -51,6 +51,9 @@ def _server(sim: Simulator, host: str, port: int, embedded: bool = True) -> uvic
         host=host,
         port=port,
         log_level="warning",
+        # uvicorn's own log_config gives its loggers handlers of their own, which then
+        # print bare text for every uvicorn server in the process, the admin probe's too.
+        log_config=None,
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=1,
