@@ -63,7 +63,8 @@ class AdminDeps:
 
 
 class CreateTaskBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict, as task.created is: lax, {"imageCount": true} asked for one image.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: Prompt
     userId: UserId = "anonymous"

@@ -131,6 +131,8 @@ async def test_a_polling_front_end_sees_an_image_retrying_and_why_until_the_task
         ({"prompt": "ok", "metadata": {"blob": "y" * 5000}}, "metadata: must be at most 4096"),
         ({"prompt": "bell\u0007"}, "prompt: must not contain control characters"),
         ({"prompt": "ok", "imageCount": 5}, "imageCount: Input should be less than or equal to 4"),
+        ({"prompt": "ok", "imageCount": True}, "imageCount: Input should be a valid integer"),
+        ({"prompt": "ok", "imageCount": "4"}, "imageCount: Input should be a valid integer"),
         ({"prompt": "ok", "userId": "  "}, "userId: must not be blank"),
         (b"prompt=cat", "request body is not valid JSON"),
         (b'{"prompt": "\\ud800"}', "request body has an unpaired UTF-16 surrogate escape"),
