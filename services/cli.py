@@ -18,7 +18,7 @@ from rich.text import Text
 
 from services.aio import run
 from services.config import Settings, load_settings
-from services.errors import ImagegenError
+from services.errors import ImagegenError, validation_message
 from services.logs import get_logger, setup_logging
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def simulator(
         for error in exc.errors():
             name = str(error["loc"][0])
             flag = flags.get(name, "--" + name.replace("_", "-"))
-            problems.append(f"{flag}={error['input']}: {error['msg']}")
+            problems.append(f"{flag}={error['input']}: {validation_message(error)}")
         raise typer.BadParameter("; ".join(problems)) from None
     _settings()  # IMAGEGEN_LOG_FORMAT and IMAGEGEN_LOG_LEVEL hold here as for every command
     console.print(f"DashScope simulator on http://{host}:{port}/api/v1 (knobs: /_sim/config)")

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from yarl import URL
 
-from services.errors import ConfigError
+from services.errors import ConfigError, validation_message
 
 _NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 # The password of a URL (scheme://user:password@host), kept out of error messages.
@@ -168,7 +168,6 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for error in exc.errors():
             field = str(error["loc"][0]) if error["loc"] else "?"
-            message = str(error["msg"]).removeprefix("Value error, ")
             shown = _PASSWORD.sub(r"\1***@", str(error.get("input")))
-            problems.append(f"{_variable_name(field)}={shown!r}: {message}")
+            problems.append(f"{_variable_name(field)}={shown!r}: {validation_message(error)}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None

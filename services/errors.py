@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class ImagegenError(Exception):
     """Something went wrong in imagegen."""
@@ -12,3 +14,9 @@ class ImagegenError(Exception):
 
 class ConfigError(ImagegenError):
     """The settings are invalid."""
+
+
+def validation_message(error: Mapping[str, object]) -> str:
+    """A pydantic error's text, without the "Value error, " pydantic puts before the text
+    of a validator's own ``ValueError``."""
+    return str(error["msg"]).removeprefix("Value error, ")

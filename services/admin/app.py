@@ -16,7 +16,6 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services import wire
 from services.admin.broker import BrokerProbe
 from services.admin.views import fail, ok, task_view
 from services.broker.errors import BrokerUnavailable
@@ -27,14 +26,17 @@ from services.db.errors import DatabaseUnavailable, RepositoryError
 from services.db.locks import ProviderSlots
 from services.db.repository import Repository
 from services.db.rows import NewTask
+from services.errors import validation_message
 from services.events import Events
 from services.intake.commands import CancelOutcome, Conflict, cancel_task, create_task
 from services.intake.schema import (
     MAX_BODY_BYTES,
     ImageCount,
+    InvalidRequest,
     Metadata,
     Prompt,
     UserId,
+    decode,
     is_task_id,
 )
 from services.logs import get_logger
@@ -149,7 +151,7 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
         problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"] if p != "body") or "body"
-            problems.append(f"{where}: {str(error['msg']).removeprefix('Value error, ')}")
+            problems.append(f"{where}: {validation_message(error)}")
         return JSONResponse(fail("; ".join(problems)), 400)
 
     @app.exception_handler(StarletteHTTPException)
@@ -242,11 +244,9 @@ def create_app(settings: Settings, deps: AdminDeps | None = None) -> FastAPI:
     @app.post("/api/tasks", status_code=201, dependencies=[Depends(_authorized)])
     async def create(request: Request, deps: Deps) -> dict[str, Any]:
         try:
-            raw = wire.loads(await _body(request))
-        except wire.BadJson as exc:
-            raise ApiError(400, f"request body {exc}") from None
-        if not isinstance(raw, dict):
-            raise ApiError(400, "request body must be a JSON object")
+            raw = decode(await _body(request), "request body")
+        except InvalidRequest as exc:
+            raise ApiError(400, str(exc)) from None
         try:
             body = CreateTaskBody.model_validate(raw)
         except ValidationError as exc:

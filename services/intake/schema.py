@@ -17,6 +17,7 @@ from pydantic import (
 
 from services import wire
 from services.db.rows import NewTask
+from services.errors import validation_message
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_PROMPT_CHARS = 2000
@@ -103,16 +104,16 @@ class TaskCancel(BaseModel):
     reason: Reason | None = None
 
 
-def decode(body: bytes) -> dict[str, Any]:
-    """JSON object from a message body, or ``InvalidRequest`` saying what is wrong."""
+def decode(body: bytes, what: str = "message body") -> dict[str, Any]:
+    """JSON object from a body, or ``InvalidRequest`` saying what is wrong with ``what``."""
     if len(body) > MAX_BODY_BYTES:
-        raise InvalidRequest(f"message body is larger than {MAX_BODY_BYTES} bytes ({len(body)})")
+        raise InvalidRequest(f"{what} is larger than {MAX_BODY_BYTES} bytes ({len(body)})")
     try:
         value = wire.loads(body)
     except wire.BadJson as exc:
-        raise InvalidRequest(f"message body {exc}", _named(body)) from None
+        raise InvalidRequest(f"{what} {exc}", _named(body)) from None
     if not isinstance(value, dict):
-        raise InvalidRequest(f"message body must be a JSON object, not {type(value).__name__}")
+        raise InvalidRequest(f"{what} must be a JSON object, not {type(value).__name__}")
     return value
 
 
@@ -158,6 +159,5 @@ def validate(model: type[M], value: dict[str, Any]) -> M:
         problems = []
         for error in exc.errors():
             where = ".".join(str(p) for p in error["loc"]) or "body"
-            message = str(error["msg"]).removeprefix("Value error, ")
-            problems.append(f"{where}: {message}")
+            problems.append(f"{where}: {validation_message(error)}")
         raise InvalidRequest("; ".join(problems)) from None
