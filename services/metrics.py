@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
@@ -38,6 +40,12 @@ DEAD_LETTERED = Counter(
 TASKS_FINISHED = Counter(
     "imagegen_tasks_finished_total", "Tasks reaching a final state", ["status"]
 )
+TASK_SECONDS = Histogram(
+    "imagegen_task_seconds",
+    "Time from a task's creation to its final state, by final status",
+    ["status"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
 SLOTS_IN_USE = Gauge("imagegen_slots_in_use", "Global provider slots this process holds")
 SLOT_WAIT_SECONDS = Histogram(
     "imagegen_slot_wait_seconds",
@@ -56,3 +64,11 @@ OUTBOX_FAILED = Counter(
 RECONCILED = Counter(
     "imagegen_reconciled_images_total", "Images dispatched again by the reconciler"
 )
+
+
+def task_finished(status: str, created_at: datetime) -> None:
+    """A task reached ``status``, a final one. Its age is read against this process's clock
+    (``created_at`` is the database's), so a skewed host can shift it; never below zero."""
+    TASKS_FINISHED.labels(status).inc()
+    age_s = (datetime.now(UTC) - created_at).total_seconds()
+    TASK_SECONDS.labels(status).observe(max(age_s, 0.0))

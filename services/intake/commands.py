@@ -129,8 +129,8 @@ async def cancel_task(
         return CancelResult(CancelOutcome.CANCELLED, row)
 
     result = await repo.atomic(work)
-    if result.outcome is CancelOutcome.CANCELLED:
-        metrics.TASKS_FINISHED.labels(TaskStatus.CANCELLED.value).inc()
+    if result.outcome is CancelOutcome.CANCELLED and result.task is not None:
+        metrics.task_finished(TaskStatus.CANCELLED.value, result.task.created_at)
     log.info(
         "cancel request",
         action="cancel",

@@ -11,12 +11,12 @@ from services.broker.errors import Drop
 from services.config import Settings
 from services.db.errors import LostRace
 from services.db.repository import Repository, Tx
-from services.db.rows import ImageRow
+from services.db.rows import ImageRow, TaskRow
 from services.events import Events
 from services.logs import get_logger
 from services.provider.errors import ProviderError, ProviderHTTPError, ProviderPollTimeout
 from services.worker.message import ImageMessage
-from statemachine import FailNow, RetryLater, TaskStatus, Trigger, decide
+from statemachine import FailNow, RetryLater, Trigger, decide
 
 log = get_logger("imagegen.worker")
 
@@ -29,12 +29,13 @@ class Failures:
 
     async def record(self, msg: ImageMessage, image: ImageRow, exc: ProviderError) -> None:
         error = str(exc)
-        decision = await self.repo.atomic(lambda tx: self._write(tx, msg, exc, error))
-        self._report(msg, image, exc, error, decision)
+        decision, task = await self.repo.atomic(lambda tx: self._write(tx, msg, exc, error))
+        self._report(msg, image, exc, error, decision, task)
 
     async def _write(
         self, tx: Tx, msg: ImageMessage, exc: ProviderError, error: str
-    ) -> RetryLater | FailNow:
+    ) -> tuple[RetryLater | FailNow, TaskRow]:
+        """The decision, written with its events; and the task as the write left it."""
         task, current = await tx.get_task_and_image(msg.task_id, msg.index)
         if task is None or current is None or not task.active:
             raise Drop(f"task {msg.task_id} already ended; failure of image {msg.index} ignored")
@@ -58,7 +59,7 @@ class Failures:
                     self.events.image_message(again, decision),
                 ]
             )
-            return decision
+            return decision, row
         row = await tx.transition(
             task, Trigger.FAIL, error_code=decision.kind.value, error_message=error
         )
@@ -66,7 +67,7 @@ class Failures:
             raise LostRace()
         error_body = {"code": decision.kind.value, "message": error}
         await tx.add_outbox([self.events.changed(row, task.status, error=error_body)])
-        return decision
+        return decision, row
 
     def _report(
         self,
@@ -75,6 +76,7 @@ class Failures:
         exc: ProviderError,
         error: str,
         decision: RetryLater | FailNow,
+        task: TaskRow,
     ) -> None:
         fields: dict[str, object] = {
             "task_id": msg.task_id,
@@ -105,7 +107,7 @@ class Failures:
                 **fields,
             )
             return
-        metrics.TASKS_FINISHED.labels(TaskStatus.FAILED.value).inc()
+        metrics.task_finished(task.status.value, task.created_at)
         why = "retries exhausted" if decision.exhausted else "not retryable"
         log.error(f"task failed: {why}", action="task_failed", error=error, **fields)
         if isinstance(exc, ProviderHTTPError) and exc.status in (401, 403):

@@ -321,5 +321,5 @@ class ImageWorker:
             attempt=msg.attempt,
         )
         if row.status is TaskStatus.IMAGES_READY:
-            metrics.TASKS_FINISHED.labels(row.status.value).inc()
+            metrics.task_finished(row.status.value, row.created_at)
             log.info("task completed", action="task_completed", task_id=row.id)

@@ -240,12 +240,14 @@ async def test_a_pending_task_can_be_cancelled_over_http(
     assert created.task.status.value == "PENDING"
     cancelled = {"status": "CANCELLED"}
     before = REGISTRY.get_sample_value("imagegen_tasks_finished_total", cancelled) or 0
+    timed = REGISTRY.get_sample_value("imagegen_task_seconds_count", cancelled) or 0
     answer = await api.post("/api/tasks/http-cancel-1/cancel")
     assert answer.status_code == 200
     assert answer.json() == {"success": True, "message": "Task cancelled"}
     shown = (await api.get("/api/tasks/http-cancel-1")).json()["data"]
     assert shown["status"] == "CANCELLED"
     assert REGISTRY.get_sample_value("imagegen_tasks_finished_total", cancelled) == before + 1
+    assert REGISTRY.get_sample_value("imagegen_task_seconds_count", cancelled) == timed + 1
 
 
 async def test_queue_status_reports_slots_and_queues(api: httpx.AsyncClient) -> None:

@@ -68,6 +68,31 @@ async def test_each_stored_image_records_its_time_inside_provider_calls(
     assert all(s is not None and 0.3 <= s < took for s in seconds), seconds
 
 
+def _task_seconds(status: str) -> tuple[float, float]:
+    labels = {"status": status}
+    count = REGISTRY.get_sample_value("imagegen_task_seconds_count", labels) or 0
+    total = REGISTRY.get_sample_value("imagegen_task_seconds_sum", labels) or 0
+    return count, total
+
+
+async def test_each_finished_task_is_timed_from_its_creation_by_its_final_status(
+    bus: Bus, sim: RunningSimulator
+) -> None:
+    sim.sim.configure({"latency_s": 0.3})
+    ready, failed = _task_seconds("IMAGES_READY"), _task_seconds("FAILED")
+    started = asyncio.get_running_loop().time()
+    made = await bus.create(_prompt("timed to its end"), image_count=1)
+    doomed = await bus.create(_prompt("doomed [sim:inspect]"), image_count=1)
+    assert (await bus.final(made))["status"] == "IMAGES_READY"
+    assert (await bus.final(doomed))["status"] == "FAILED"
+    took = asyncio.get_running_loop().time() - started
+
+    count, total = _task_seconds("IMAGES_READY")
+    assert count == ready[0] + 1 and 0.3 <= total - ready[1] < took
+    count, total = _task_seconds("FAILED")
+    assert count == failed[0] + 1 and 0 < total - failed[1] < took
+
+
 def _write_conflicts() -> float:
     return sum(
         REGISTRY.get_sample_value("imagegen_task_write_conflicts_total", {"write": write}) or 0
