@@ -16,6 +16,10 @@ class ConfigError(ImagegenError):
     """The settings are invalid."""
 
 
+class CannotListen(ImagegenError):
+    """An HTTP server of the process could not listen on its address."""
+
+
 def validation_message(error: Mapping[str, object]) -> str:
     """A pydantic error's text, without the "Value error, " pydantic puts before the text
     of a validator's own ``ValueError``."""

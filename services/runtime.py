@@ -30,6 +30,7 @@ from services.db.locks import ProviderSlots
 from services.db.migrate import check_schema
 from services.db.pacing import SubmitPacer
 from services.db.repository import Repository
+from services.errors import ImagegenError
 from services.events import Events
 from services.intake.consumer import IntakeHandler
 from services.logs import get_logger
@@ -43,6 +44,10 @@ log = get_logger("imagegen.runtime")
 WARM_TIMEOUT_S = 10
 INTAKE_PREFETCH = 32
 BUILT_IN_SIMULATOR = SimConfig(latency_s=0.5)
+
+
+class LoopFailed(ImagegenError):
+    """A loop of the process stopped while the service was running."""
 
 
 class Role(StrEnum):
@@ -162,7 +167,7 @@ async def run(
         wired = await stack.enter_async_context(wiring(settings))
         # Consumers and role loops start together once the process is ready (below).
         consumers: list[Consumer] = []
-        starts: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        starts: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {}
 
         async def add_consumer(role: Role, queue: str, handler: Handler, prefetch: int) -> None:
             channel = await wired.connection.channel()
@@ -194,7 +199,8 @@ async def run(
                 settings.reconcile_interval_s,
                 settings.reconcile_stale_after_s,
             )
-            starts += [partial(relay.run, stop), partial(reconciler.run, stop)]
+            starts["relay"] = partial(relay.run, stop)
+            starts["reconciler"] = partial(reconciler.run, stop)
         if Role.INTAKE in roles:
             handler = IntakeHandler(wired.repo, wired.events, wired.slots)
             await add_consumer(Role.INTAKE, wired.topology.intake_queue, handler, INTAKE_PREFETCH)
@@ -209,7 +215,7 @@ async def run(
         if Role.ADMIN in roles:
             from services.admin.server import serve_admin
 
-            starts.append(partial(serve_admin, wired, stop))
+            starts["admin"] = partial(serve_admin, wired, stop)
 
         # What is alive now lives as long as the process. Frozen, it is no longer walked by
         # each full collection, which otherwise stalls every message in flight (measured:
@@ -218,14 +224,49 @@ async def run(
         # held up the first messages when the consumers had started before it.
         gc.collect()
         gc.freeze()
-        loops = [asyncio.create_task(start()) for start in starts]
+        failures: list[LoopFailed] = []
+        loops = [_supervised(name, start(), stop, failures) for name, start in starts.items()]
         for consumer in consumers:
-            await consumer.start()
-        log.info("service started", action="start", roles=sorted(r.value for r in roles))
-        if on_ready is not None:
-            on_ready(wired)
+            if not stop.is_set():  # a loop may already have failed (the admin port taken)
+                await consumer.start()
+        if not stop.is_set():
+            log.info("service started", action="start", roles=sorted(r.value for r in roles))
+            if on_ready is not None:
+                on_ready(wired)
         await stop.wait()
         log.info("shutting down", action="stop")
         await asyncio.gather(*(c.stop(settings.shutdown_grace_s) for c in consumers))
         await asyncio.gather(*loops, return_exceptions=True)
     log.info("service stopped", action="stop")
+    if failures:
+        raise failures[0]
+
+
+def _supervised(
+    name: str,
+    body: Coroutine[Any, Any, None],
+    stop: asyncio.Event,
+    failures: list[LoopFailed],
+) -> asyncio.Task[None]:
+    """Run a loop meant to last as long as the service; one that ends first stops the
+    service. A process without its relay or its admin probe would look alive and do
+    nothing, where one that exits is restarted by whatever runs it."""
+
+    def ended(loop: asyncio.Task[None]) -> None:
+        if stop.is_set():
+            return
+        error = None if loop.cancelled() else loop.exception()
+        reason = str(error) if error else "it returned"
+        log.error(
+            f"the {name} loop stopped; shutting down",
+            action="loop_failed",
+            loop=name,
+            error=reason,
+            exc_info=error if not isinstance(error, ImagegenError) else None,
+        )
+        failures.append(LoopFailed(f"the {name} loop stopped: {reason}"))
+        stop.set()
+
+    loop = asyncio.create_task(body, name=name)
+    loop.add_done_callback(ended)
+    return loop

@@ -30,6 +30,7 @@ def _server(settings: Settings, deps: AdminDeps | None) -> uvicorn.Server:
 
 
 async def serve_admin(wired: Wiring, stop: asyncio.Event) -> None:
+    """Serve until ``stop``; a server that cannot start raises at once (``CannotListen``)."""
     deps = AdminDeps(
         wired.settings,
         wired.repo,
@@ -40,14 +41,8 @@ async def serve_admin(wired: Wiring, stop: asyncio.Event) -> None:
     )
     server = _server(wired.settings, deps)
     serving = asyncio.create_task(server.serve())
-    await stop.wait()
-    server.should_exit = True
-    await serving
-
-
-async def serve_standalone(settings: Settings, stop: asyncio.Event) -> None:
-    server = _server(settings, None)
-    serving = asyncio.create_task(server.serve())
-    await stop.wait()
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
     server.should_exit = True
     await serving

@@ -111,6 +111,24 @@ async def test_a_json_log_stays_json_when_a_library_reports_the_failure(
     assert all(line["action"] and line["level"] and line["timestamp"] for line in lines)
 
 
+async def test_a_taken_admin_port_stops_the_process_after_a_clean_shutdown_and_says_why(
+    service: Wiring,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        shown = await asyncio.to_thread(
+            imagegen, service, "admin", IMAGEGEN_HTTP_PORT=port, IMAGEGEN_LOG_FORMAT="json"
+        )
+    assert shown.returncode == 1, shown.stderr
+    said = " ".join(shown.stdout.split())
+    assert f"error: the admin loop stopped: cannot listen on 0.0.0.0:{port}" in said
+    lines = [json.loads(line) for line in shown.stderr.splitlines()]
+    assert [line["loop"] for line in lines if line["action"] == "loop_failed"] == ["admin"]
+    assert lines[-1]["event"] == "service stopped", "it shut down, not died"
+
+
 async def test_dead_shows_a_parked_task_created_with_its_reason(service: Wiring, bus: Bus) -> None:
     task_id = await bus.create("", image_count=1)
     await bus.wait_for(task_id, "task.rejected")

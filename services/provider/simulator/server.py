@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import uvicorn
 
 from services.aio import run
+from services.errors import CannotListen
 from services.provider.simulator.app import build_app
 from services.provider.simulator.engine import SimConfig, Simulator
 
@@ -38,11 +39,20 @@ class RunningSimulator:
 
 
 class EmbeddedServer(uvicorn.Server):
-    """A uvicorn server that leaves signal handling to the process that embeds it."""
+    """A uvicorn server that leaves signal handling, and the decision to exit, to the
+    process that embeds it."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets)
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind, having logged why.
+            host, port = self.config.host, self.config.port
+            raise CannotListen(f"cannot listen on {host}:{port} (logged just before)") from None
 
 
 def _server(sim: Simulator, host: str, port: int, embedded: bool = True) -> uvicorn.Server:
