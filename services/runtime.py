@@ -256,7 +256,10 @@ def _supervised(
         if stop.is_set():
             return
         error = None if loop.cancelled() else loop.exception()
-        reason = str(error) if error else "it returned"
+        if error is not None:
+            reason = str(error) or type(error).__name__
+        else:
+            reason = "it was cancelled" if loop.cancelled() else "it returned"
         log.error(
             f"the {name} loop stopped; shutting down",
             action="loop_failed",

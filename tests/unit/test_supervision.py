@@ -43,6 +43,16 @@ async def test_a_loop_that_returns_while_the_service_runs_is_a_failure_too() -> 
     assert [str(f) for f in failures] == ["the reconciler loop stopped: it returned"]
 
 
+async def test_an_error_without_a_message_is_named_by_its_type() -> None:
+    async def times_out() -> None:
+        raise TimeoutError()
+
+    stop, failures = asyncio.Event(), list[LoopFailed]()
+    _supervised("relay", times_out(), stop, failures)
+    await asyncio.wait_for(stop.wait(), 1)
+    assert [str(f) for f in failures] == ["the relay loop stopped: TimeoutError"]
+
+
 async def test_loops_that_end_because_the_service_stops_are_no_failure() -> None:
     stop, failures = asyncio.Event(), list[LoopFailed]()
     loops = [_supervised(name, _runs_until(stop), stop, failures) for name in ("relay", "admin")]
