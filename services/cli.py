@@ -169,12 +169,12 @@ def simulator(
 async def _submit(
     settings: Settings, prompt: str, user_id: str, image_count: int, wait: bool, idle_s: float
 ) -> None:
-    from services.submit import events_of, new_task_id, publish_created, watching
+    from services.submit import events_of, new_task_id, publish_request, watching
 
     task_id = new_task_id()
     body = {"task_id": task_id, "user_id": user_id, "prompt": prompt, "image_count": image_count}
     async with watching(settings) as (channel, queue):
-        await publish_created(channel, settings, body)
+        await publish_request(channel, settings, "task.created", body)
         console.print(f"submitted task [bold]{task_id}[/bold]")
         if not wait:
             return
@@ -216,6 +216,9 @@ async def _submit(
             raise typer.Exit(1)
 
 
+IdleTimeout = Annotated[float, typer.Option(min=0.1, help="Give up after this many idle seconds.")]
+
+
 @app.command()
 def submit(
     prompt: str,
@@ -228,12 +231,43 @@ def submit(
     ] = False,
     user_id: str = "cli",
     image_count: Annotated[int, typer.Option(min=1, max=4)] = 4,
-    timeout: Annotated[
-        float, typer.Option(min=0.1, help="Give up waiting after this many idle seconds.")
-    ] = 300,
+    timeout: IdleTimeout = 300,
 ) -> None:
     """Publish a task.created event, as another service would."""
     _run(_submit(_settings(), prompt, user_id, image_count, wait, timeout))
+
+
+@app.command()
+def cancel(
+    task_id: str,
+    reason: Annotated[str | None, typer.Option(help="Why, kept with the task.")] = None,
+    timeout: IdleTimeout = 30,
+) -> None:
+    """Publish a task.cancel event, as another service would, and show the answer: exit 0
+    if the task is cancelled, 1 if the cancel is refused, 2 if malformed or unanswered."""
+
+    async def request() -> None:
+        from services.intake.schema import InvalidRequest, TaskCancel, validate
+        from services.submit import cancel_answer
+
+        body = {"task_id": task_id} | ({"reason": reason} if reason is not None else {})
+        try:
+            validate(TaskCancel, body)
+        except InvalidRequest as exc:
+            console.print(Text(f"error: {exc}", style="red"))
+            raise typer.Exit(2) from None
+        answer = await cancel_answer(_settings(), body, timeout)
+        if answer is None:
+            console.print(f"[yellow]no answer for {timeout:.0f} s; stopped waiting[/yellow]")
+            raise typer.Exit(2)
+        if answer["event_type"] == "task.status.cancelled":
+            console.print(Text(f"task {task_id} cancelled"))
+            return
+        error = answer["error"]
+        console.print(Text(f"cancel refused ({error['code']}): {error['message']}", style="red"))
+        raise typer.Exit(1)
+
+    _run(request())
 
 
 @app.command()

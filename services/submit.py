@@ -1,4 +1,5 @@
-"""Publishing ``task.created`` like any other service would, and watching its events."""
+"""Publishing ``task.created`` and ``task.cancel`` like any other service would, and
+watching the task's events."""
 
 from __future__ import annotations
 
@@ -18,12 +19,12 @@ from services.broker.errors import TopologyMissing
 from services.broker.topology import Topology
 from services.config import Settings
 
-FINAL_EVENTS = {
-    "task.status.images_ready",
-    "task.status.failed",
-    "task.status.cancelled",
-    "task.rejected",
-}
+FINAL_EVENTS = frozenset(
+    {"task.status.images_ready", "task.status.failed", "task.status.cancelled", "task.rejected"}
+)
+CANCEL_OUTCOMES = frozenset({"task.status.cancelled", "task.cancel_rejected", "task.rejected"})
+"""What answers a ``task.cancel``: the task may still store images before it, or end
+another way first, and the cancel is then refused."""
 
 
 def new_task_id() -> str:
@@ -49,12 +50,14 @@ async def watching(
         await connection.close()
 
 
-async def publish_created(
+async def publish_request(
     channel: aio_pika.abc.AbstractChannel,
     settings: Settings,
+    routing_key: str,
     body: dict[str, Any],
     correlation_id: str | None = None,
 ) -> None:
+    """Publish a ``task.created`` or ``task.cancel``, confirmed and mandatory."""
     topology = Topology(settings.namespace, settings.retry_ttl_scale)
     exchange = await channel.declare_exchange(
         topology.tasks_exchange, aio_pika.ExchangeType.TOPIC, durable=True
@@ -67,19 +70,19 @@ async def publish_created(
                 delivery_mode=DeliveryMode.PERSISTENT,
                 correlation_id=correlation_id,
             ),
-            routing_key="task.created",
+            routing_key=routing_key,
             mandatory=True,
         )
     except aio_pika.exceptions.PublishError:
         raise TopologyMissing(
-            f"no queue takes task.created from {topology.tasks_exchange}, so the task was not sent"
+            f"no queue takes {routing_key} from {topology.tasks_exchange}, so it was not sent"
         ) from None
 
 
 async def events_of(
-    queue: AbstractQueue, task_id: str, timeout_s: float
+    queue: AbstractQueue, task_id: str, timeout_s: float, until: frozenset[str] = FINAL_EVENTS
 ) -> AsyncIterator[dict[str, Any]]:
-    """Events of one task until a final one (or ``timeout_s`` without any)."""
+    """Events of one task until one of the kinds ``until`` (or ``timeout_s`` without any)."""
     async with queue.iterator() as messages:
         while True:
             try:
@@ -94,5 +97,18 @@ async def events_of(
             if not isinstance(event, dict) or event.get("task_id") != task_id:
                 continue
             yield event
-            if event.get("event_type") in FINAL_EVENTS:
+            if event.get("event_type") in until:
                 return
+
+
+async def cancel_answer(
+    settings: Settings, body: dict[str, Any], timeout_s: float
+) -> dict[str, Any] | None:
+    """Publish a ``task.cancel`` and return the event that answers it, or None when no
+    event of the task comes for ``timeout_s``."""
+    answer = None
+    async with watching(settings) as (channel, queue):
+        await publish_request(channel, settings, "task.cancel", body)
+        async for event in events_of(queue, body["task_id"], timeout_s, until=CANCEL_OUTCOMES):
+            answer = event  # the last is the answer: the events stop there
+    return answer if answer and answer["event_type"] in CANCEL_OUTCOMES else None

@@ -1,8 +1,9 @@
 """The CLI run as an operator runs it, in its own process: ``imagegen status`` shows a
 task as it was written, whatever its prompt holds, with every image's URL whole on a narrow
-terminal; ``imagegen submit --wait`` tells by its exit code how the task ended; ``imagegen
-dead`` shows what was parked and why; a JSON log
-stays JSON on every line, the libraries' lines included."""
+terminal; ``imagegen submit --wait`` and ``imagegen cancel`` tell by their exit codes how
+the task ended or the cancel was answered; ``imagegen dead`` shows what was parked and why;
+a JSON log stays JSON on every line, the libraries' lines included; a process that cannot
+serve its admin probe shuts down and says why."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import sys
 
 import pytest
 
+from services.db.repository import Repository
 from services.provider.simulator import RunningSimulator
 from services.runtime import Wiring
 from tests.e2e.conftest import Bus
@@ -127,6 +129,53 @@ async def test_a_taken_admin_port_stops_the_process_after_a_clean_shutdown_and_s
     lines = [json.loads(line) for line in shown.stderr.splitlines()]
     assert [line["loop"] for line in lines if line["action"] == "loop_failed"] == ["admin"]
     assert lines[-1]["event"] == "service stopped", "it shut down, not died"
+
+
+async def test_cancel_stops_a_task_being_generated_and_exits_0(
+    service: Wiring, bus: Bus, sim: RunningSimulator, service_repo: Repository
+) -> None:
+    sim.sim.configure({"latency_s": 1.0})
+    task_id = await bus.create("cancelled by an operator", image_count=2)
+    await bus.wait_for(task_id, "task.status.generating_images")
+    args = ["cancel", task_id, "--reason", "wrong prompt"]
+    shown = await asyncio.to_thread(imagegen, service, *args)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"task {task_id} cancelled" in shown.stdout
+    assert (await bus.final(task_id))["status"] == "CANCELLED"
+    found = await service_repo.get_task(task_id)
+    assert found is not None and found[0].error_message == "cancelled: wrong prompt"
+    await asyncio.sleep(1.5)  # the provider finishes the images it was running meanwhile
+
+
+async def test_cancel_of_an_unknown_task_is_refused_and_exits_1(service: Wiring) -> None:
+    shown = await asyncio.to_thread(imagegen, service, "cancel", "cli-no-such-task")
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "cancel refused (not_found)" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        (["not a task id"], "task_id: String should match pattern"),
+        (["cli-task", "--reason", "x" * 501], "reason: String should have at most 500"),
+    ],
+)
+async def test_a_cancel_the_service_would_refuse_unread_is_a_usage_error(
+    service: Wiring, args: list[str], why: str
+) -> None:
+    shown = await asyncio.to_thread(imagegen, service, "cancel", *args, COLUMNS="200")
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    assert why in shown.stdout
+
+
+async def test_cancel_of_a_finished_task_is_refused_as_not_cancellable(
+    service: Wiring, bus: Bus
+) -> None:
+    task_id = await bus.create("already done", image_count=1)
+    assert (await bus.final(task_id))["status"] == "IMAGES_READY"
+    shown = await asyncio.to_thread(imagegen, service, "cancel", task_id, COLUMNS="200")
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "cancel refused (not_cancellable)" in shown.stdout
 
 
 async def test_dead_shows_a_parked_task_created_with_its_reason(service: Wiring, bus: Bus) -> None:

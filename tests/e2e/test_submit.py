@@ -13,7 +13,7 @@ from services.broker.errors import TopologyMissing
 from services.broker.topology import Topology
 from services.config import load_settings
 from services.runtime import Wiring
-from services.submit import events_of, new_task_id, publish_created, watching
+from services.submit import events_of, new_task_id, publish_request, watching
 
 
 async def test_a_submitted_task_is_followed_from_its_first_event_to_its_final_one(
@@ -22,7 +22,7 @@ async def test_a_submitted_task_is_followed_from_its_first_event_to_its_final_on
     task_id = new_task_id()
     body = {"task_id": task_id, "user_id": "cli", "prompt": "a fox", "image_count": 2}
     async with watching(service.settings) as (channel, queue):
-        await publish_created(channel, service.settings, body)
+        await publish_request(channel, service.settings, "task.created", body)
         events = [event async for event in events_of(queue, task_id, 20)]
     kinds = [event["event_type"] for event in events]
     assert kinds[0] == "task.status.pending" and kinds[-1] == "task.status.images_ready"
@@ -40,7 +40,7 @@ async def test_submitting_where_no_service_ever_ran_is_refused_with_the_reason(
             with pytest.raises(
                 TopologyMissing, match=f"no queue takes task.created from {namespace}"
             ):
-                await publish_created(channel, settings, body)
+                await publish_request(channel, settings, "task.created", body)
     finally:
         connection = await aio_pika.connect_robust(settings.amqp_url)
         async with connection:
