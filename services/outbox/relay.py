@@ -96,6 +96,10 @@ class Relay:
         listener = asyncio.create_task(self._listen(stop))
         try:
             while not stop.is_set():
+                if listener.done():
+                    # It ends only on stop or on an error it does not expect: the relay's
+                    # too, rather than a relay left polling once a second unnoticed.
+                    listener.result()
                 self._wake.clear()
                 try:
                     claimed = await self.drain_once()
@@ -109,7 +113,7 @@ class Relay:
                 await wait_any(stop, seconds=GATHER_S)
         finally:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # raised above
                 await listener
 
     async def _listen(self, stop: asyncio.Event) -> None:

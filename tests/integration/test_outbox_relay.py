@@ -150,6 +150,20 @@ async def test_a_notify_wakes_the_relay_long_before_its_poll(
     await running
 
 
+async def test_a_listener_failing_in_a_way_it_does_not_expect_stops_the_relay(
+    repo: Repository, connection: AbstractRobustConnection
+) -> None:
+    # Not an outage it waits out (those it logs, polling meanwhile): the relay, and with it
+    # the process, stops, where it would have gone on polling once a second unnoticed.
+    stop = asyncio.Event()
+    unreadable = "postgresql+asyncpg://postgres@127.0.0.1:no-port/imagegen"
+    relay = Relay(repo, await _publisher(connection), unreadable, poll_interval_s=0.05)
+    started = time.monotonic()
+    with pytest.raises(ValueError):
+        await asyncio.wait_for(relay.run(stop), 5)
+    assert time.monotonic() - started < 1, "stopped by the failure, not by the timeout"
+
+
 async def test_two_relays_share_the_table_without_publishing_a_row_twice(
     repo: Repository,
     connection: AbstractRobustConnection,
