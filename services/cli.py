@@ -216,7 +216,7 @@ async def _submit(
             raise typer.Exit(1)
 
 
-IdleTimeout = Annotated[float, typer.Option(min=0.1, help="Give up after this many idle seconds.")]
+IdleTimeout = Annotated[float, typer.Option(min=0.1, help="Seconds to wait for the next event.")]
 
 
 @app.command()

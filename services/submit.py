@@ -82,11 +82,14 @@ async def publish_request(
 async def events_of(
     queue: AbstractQueue, task_id: str, timeout_s: float, until: frozenset[str] = FINAL_EVENTS
 ) -> AsyncIterator[dict[str, Any]]:
-    """Events of one task until one of the kinds ``until`` (or ``timeout_s`` without any)."""
+    """Events of one task until one of the kinds ``until``, or until ``timeout_s`` pass
+    without one of its events (other tasks' events, however many, do not count)."""
+    clock = asyncio.get_running_loop().time
+    deadline = clock() + timeout_s
     async with queue.iterator() as messages:
         while True:
             try:
-                message = await asyncio.wait_for(anext(messages), timeout_s)
+                message = await asyncio.wait_for(anext(messages), deadline - clock())
             except TimeoutError:
                 return
             async with message.process():
@@ -96,6 +99,7 @@ async def events_of(
                     continue  # not one of the service's events: someone else publishes here
             if not isinstance(event, dict) or event.get("task_id") != task_id:
                 continue
+            deadline = clock() + timeout_s
             yield event
             if event.get("event_type") in until:
                 return

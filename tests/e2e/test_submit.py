@@ -4,7 +4,11 @@ its namespace would take the task."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -45,3 +49,40 @@ async def test_submitting_where_no_service_ever_ran_is_refused_with_the_reason(
         connection = await aio_pika.connect_robust(settings.amqp_url)
         async with connection:
             await Topology(namespace).delete(await connection.channel())
+
+
+async def test_waiting_gives_up_after_the_tasks_own_silence_however_busy_the_others_are(
+    service: Wiring,
+) -> None:
+    # Another task's events arrive all the while; only this task's would restart the wait.
+    namespace = f"busy-{uuid.uuid4().hex[:8]}"
+    settings = load_settings(**(service.settings.model_dump() | {"namespace": namespace}))
+    other = json.dumps({"task_id": "someone-else", "event_type": "task.image.ready"}).encode()
+    try:
+        async with watching(settings) as (channel, queue):
+            status = await channel.get_exchange(Topology(namespace).status_exchange)
+
+            async def chatter() -> None:
+                while True:
+                    await status.publish(aio_pika.Message(other), routing_key="task.image.ready")
+                    await asyncio.sleep(0.05)
+
+            noise = asyncio.create_task(chatter())
+            clock = asyncio.get_running_loop().time
+            started = clock()
+            try:
+                events = await asyncio.wait_for(
+                    _all(events_of(queue, "cli-silent-task", 0.5)), timeout=5
+                )
+            finally:
+                noise.cancel()
+            took = clock() - started
+    finally:
+        connection = await aio_pika.connect_robust(settings.amqp_url)
+        async with connection:
+            await Topology(namespace).delete(await connection.channel())
+    assert events == [] and 0.5 <= took < 2
+
+
+async def _all(events: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [event async for event in events]
