@@ -1,5 +1,5 @@
-"""Publishing ``task.created`` and ``task.cancel`` like any other service would, and
-watching the task's events."""
+"""The CLI's producer: publishing ``task.created`` and ``task.cancel`` as any other
+service would, and following the task's events."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractQueue, DeliveryMode
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.text import Text
 
 from services import wire
 from services.broker.connection import connect
@@ -116,3 +119,40 @@ async def cancel_answer(
         async for event in events_of(queue, body["task_id"], timeout_s, until=CANCEL_OUTCOMES):
             answer = event  # the last is the answer: the events stop there
     return answer if answer and answer["event_type"] in CANCEL_OUTCOMES else None
+
+
+async def follow(
+    queue: AbstractQueue, task_id: str, image_count: int, timeout_s: float, console: Console
+) -> str | None:
+    """Show a task's images stored and retries as they happen, then how it ended; return
+    its final status, or None when none of its events came for ``timeout_s``."""
+    final = None
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        console=console,
+    ) as bar:
+        images = bar.add_task("waiting", total=image_count)
+        async for event in events_of(queue, task_id, timeout_s):
+            kind = event["event_type"]
+            done = event.get("images_ready") or 0
+            bar.update(images, completed=done, description=event["status"] or kind)
+            if kind == "task.image.retrying":
+                retry = event["retry"]
+                bar.console.print(
+                    Text(
+                        f"image {retry['index']}: {retry['reason']}, "
+                        f"retry {retry['attempt']} in {retry['delay_s']} s"
+                    )
+                )
+            final = event
+    if final is None or final["event_type"] not in FINAL_EVENTS:
+        return None
+    status: str = final["status"] or "rejected"  # a refused task.created never became a task
+    console.print(f"final status: [bold]{status}[/bold]")
+    for image in final.get("images") or []:
+        console.print(Text(f"  image {image['index']}: {image['url']}"), soft_wrap=True)
+    if final.get("error"):
+        console.print(Text(f"  error: {final['error']['message']}"))
+    return status

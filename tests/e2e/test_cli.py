@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import uuid
 
 import pytest
 
@@ -153,19 +154,44 @@ async def test_cancel_of_an_unknown_task_is_refused_and_exits_1(service: Wiring)
     assert "cancel refused (not_found)" in shown.stdout
 
 
-@pytest.mark.parametrize(
-    ("args", "why"),
-    [
-        (["not a task id"], "task_id: String should match pattern"),
-        (["cli-task", "--reason", "x" * 501], "reason: String should have at most 500"),
-    ],
-)
-async def test_a_cancel_the_service_would_refuse_unread_is_a_usage_error(
-    service: Wiring, args: list[str], why: str
+async def test_a_cancel_breaking_the_contract_is_refused_by_the_service_with_its_reason(
+    service: Wiring,
 ) -> None:
-    shown = await asyncio.to_thread(imagegen, service, "cancel", *args, COLUMNS="200")
+    args = ["cancel", "cli-task", "--reason", "x" * 501]
+    shown = await asyncio.to_thread(imagegen, service, *args, COLUMNS="300")
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    said = " ".join(shown.stdout.split())
+    assert "cancel refused (invalid_request): invalid task.cancel: reason: String should" in said
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["cancel", "not a task id"], ["submit", "a fox", "--task-id", "not a task id"]],
+)
+async def test_a_task_id_the_service_could_not_answer_about_is_a_usage_error(
+    service: Wiring, args: list[str]
+) -> None:
+    shown = await asyncio.to_thread(imagegen, service, *args, COLUMNS="300")
     assert shown.returncode == 2, shown.stdout + shown.stderr
-    assert why in shown.stdout
+    assert "'not a task id' does not match" in shown.stderr
+
+
+async def test_submit_sends_the_producers_own_task_id_and_metadata(
+    service: Wiring, bus: Bus
+) -> None:
+    task_id = f"order-{uuid.uuid4().hex[:8]}"
+    args = ["submit", "a fox", "--image-count", "1", "--wait", "--timeout", "20"]
+    args += ["--task-id", task_id, "--metadata", '{"order": 7}']
+    shown = await asyncio.to_thread(imagegen, service, *args)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"submitted task {task_id}" in shown.stdout
+    assert (await bus.final(task_id))["metadata"] == {"order": 7}
+
+
+async def test_metadata_that_is_not_json_is_a_usage_error(service: Wiring) -> None:
+    shown = await asyncio.to_thread(imagegen, service, "submit", "a fox", "--metadata", "{NaN}")
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    assert "--metadata" in shown.stderr and "JSON" in shown.stderr
 
 
 async def test_cancel_of_a_finished_task_is_refused_as_not_cancellable(
