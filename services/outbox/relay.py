@@ -113,7 +113,7 @@ class Relay:
                 await wait_any(stop, seconds=GATHER_S)
         finally:
             listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):  # raised above
+            with contextlib.suppress(asyncio.CancelledError, Exception):  # its error: raised above
                 await listener
 
     async def _listen(self, stop: asyncio.Event) -> None:
