@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import signal
 import sys
 from collections.abc import Coroutine
@@ -188,9 +187,9 @@ async def _submit(settings: Settings, body: dict[str, Any], wait: bool, idle_s: 
 def _task_id(value: str | None) -> str | None:
     """A task id the service can read, or a usage error: it answers a request about a task
     only when it can tell which task (everything else it judges, and says so in an event)."""
-    from services.intake.schema import TASK_ID_PATTERN
+    from services.intake.schema import TASK_ID_PATTERN, is_task_id
 
-    if value is not None and re.fullmatch(TASK_ID_PATTERN, value) is None:
+    if value is not None and not is_task_id(value):
         raise typer.BadParameter(f"{value!r} does not match {TASK_ID_PATTERN}")
     return value
 
