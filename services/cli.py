@@ -238,8 +238,9 @@ def cancel(
     reason: Annotated[str | None, typer.Option(help="Why, kept with the task.")] = None,
     timeout: IdleTimeout = 30,
 ) -> None:
-    """Publish a task.cancel event, as another service would, and show the answer: exit 0
-    if the task is cancelled, 1 if the cancel is refused, 2 if nothing answers."""
+    """Publish a task.cancel event, as another service would, and show the answer.
+
+    Exit 0 if the task is cancelled, 1 if the cancel is refused, 2 if nothing answers."""
 
     async def request() -> None:
         from services.submit import cancel_answer
