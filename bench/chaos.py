@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import subprocess
 import time
 from pathlib import Path
 
@@ -19,7 +20,8 @@ from services.provider.simulator import SimConfig, running_simulator
 from tests.chaos.harness import PROVIDER_CHAOS, PROVIDER_KEY, Chaos
 from tests.services import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL
 
-REPORT = Path(__file__).resolve().parents[1] / "docs" / "RELIABILITY.md"
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "docs" / "RELIABILITY.md"
 MARK = "<!-- long chaos run -->"
 
 
@@ -89,13 +91,25 @@ async def main(minutes: float) -> dict[str, object]:
             await chaos.close()
 
 
-def write_report(figures: dict[str, object]) -> None:
+def _commit() -> str:
+    """The code the run exercised, so a report can be traced to it."""
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        )
+    except OSError:
+        return "an unknown commit"
+    return found.stdout.strip() or "an unknown commit"
+
+
+def write_report(figures: dict[str, object], commit: str) -> None:
     rows = "\n".join(f"| {k} | {v} |" for k, v in figures.items() if k != "problems")
-    problems = figures.get("problems") or []
+    found = figures.get("problems")
+    problems = found if isinstance(found, list) else []
     section = (
         f"{MARK}\n## Latest long run\n\n"
         f"`python -m bench.chaos`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-        "on the 2-core development machine.\n\n| figure | value |\n|---|---|\n"
+        f"on {commit}, on the 2-core development machine.\n\n| figure | value |\n|---|---|\n"
         f"{rows}\n\n"
         + ("".join(f"- {p}\n" for p in problems) if problems else "No invariant was broken.\n")
     )
@@ -108,6 +122,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(prog="python -m bench.chaos")
     parser.add_argument("--minutes", type=float, default=10)
     args = parser.parse_args()
+    commit = _commit()
     result = asyncio.run(main(args.minutes))
-    write_report(result)
+    write_report(result, commit)
     log(f"figures: {result}")
