@@ -16,6 +16,7 @@ import aio_pika
 import pytest
 from sqlalchemy.engine import make_url
 
+from services.broker.dead import DeadMessage, peek
 from services.broker.topology import Topology, queue_counts
 from services.config import Settings
 from services.db.engine import drop_database, ensure_database
@@ -24,6 +25,7 @@ from services.db.repository import Repository
 from services.provider.simulator import RunningSimulator
 from services.runtime import Role, Wiring, run
 from services.worker.reconciler import Reconciler
+from statemachine import TaskStatus
 from tests.e2e.conftest import SIM_KEY, Bus, start_bus, with_simulator
 
 
@@ -230,6 +232,65 @@ async def test_purged_image_messages_are_dispatched_again_by_the_reconciler(
 
     assert (await cluster.bus.final(task_id, timeout=60))["status"] == "IMAGES_READY"
     assert sim.sim.stats.submits_by_prompt[prompt] == 2
+
+
+async def _parked(cluster: Cluster, task_id: str) -> list[DeadMessage]:
+    channel = await cluster.wired.connection.channel()
+    try:
+        found = await peek(channel, cluster.wired.topology, limit=1000)
+    finally:
+        await channel.close()
+    return [m for m in found if m.task_id == task_id]
+
+
+async def _wait_parked(cluster: Cluster, task_id: str, count: int) -> list[DeadMessage]:
+    for _ in range(400):
+        if len(parked := await _parked(cluster, task_id)) >= count:
+            return parked
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task_id} has {len(parked)} parked messages, not {count}")
+
+
+async def test_an_image_parked_for_an_internal_error_is_sent_again_and_finishes_once_fixed(
+    cluster: Cluster, sim: RunningSimulator, workers_stopped: None
+) -> None:
+    # The database refuses this task's store, as a bug would: nothing the worker knows how
+    # to retry, so the message is parked, and the reconciler sends the image again later.
+    task_id = f"e2e-{uuid.uuid4().hex[:12]}"
+    trigger = f"refuse_{uuid.uuid4().hex[:8]}"
+    repo: Repository = cluster.wired.repo
+    async with repo.autocommit() as tx:
+        await tx.conn.execute(
+            f"CREATE FUNCTION {trigger}() RETURNS trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN RAISE EXCEPTION 'store refused by the test'; END $$;"
+            f" CREATE TRIGGER {trigger} BEFORE UPDATE ON task_images FOR EACH ROW"
+            f" WHEN (NEW.url IS NOT NULL AND NEW.task_id = '{task_id}')"
+            f" EXECUTE FUNCTION {trigger}()"
+        )
+    try:
+        await cluster.start_worker()
+        prompt = _prompt("refused store")
+        await cluster.bus.create(prompt, image_count=1, task_id=task_id)
+        reconciler = Reconciler(
+            repo, cluster.wired.events, cluster.settings.namespace, 1, stale_after_s=0.01
+        )
+
+        [first] = await _wait_parked(cluster, task_id, 1)
+        assert first.reason.startswith("internal error") and "store refused" in first.reason
+        await asyncio.sleep(0.05)
+        assert await reconciler.run_once() >= 1
+        await _wait_parked(cluster, task_id, 2)  # still failing: parked again
+        found = await repo.get_task(task_id)
+        assert found is not None and found[0].status is TaskStatus.GENERATING_IMAGES
+    finally:
+        async with repo.autocommit() as tx:
+            await tx.conn.execute(f"DROP FUNCTION {trigger}() CASCADE")
+
+    await asyncio.sleep(0.05)
+    assert await reconciler.run_once() >= 1
+    assert (await cluster.bus.final(task_id, timeout=60))["status"] == "IMAGES_READY"
+    assert sim.sim.stats.submits_by_prompt[prompt] == 1, "each copy polled the paid task"
+    assert sim.sim.stats.billed_by_prompt[prompt] == 1
 
 
 async def test_two_workers_together_keep_the_configured_submit_pace(
