@@ -166,6 +166,7 @@ class ImageWorker:
         provider_task_id = image.provider_task_id
         submitted_at: float | None = None
         provider_s = 0.0
+        recording: asyncio.Future[None] | None = None
         if provider_task_id is None:
             self._check_unrecorded(task, image)
             await self.pacer.wait()
@@ -187,7 +188,9 @@ class ImageWorker:
             provider_s = time.monotonic() - submitted_at
             metrics.PROVIDER_SECONDS.labels("submit").observe(provider_s)
             provider_task_id = submitted.task_id
-            await self._remember(image, provider_task_id)
+            # The id is on its way to the database while the poll goes out: a poll does
+            # not need it, and whatever follows the answer writes the image after it.
+            recording = asyncio.ensure_future(self._remember(image, provider_task_id))
         else:
             log.info(
                 "polling the provider task of an earlier attempt",
@@ -197,12 +200,16 @@ class ImageWorker:
                 provider_task_id=provider_task_id,
             )
         waited_at = time.monotonic()
-        result = await self.client.wait(
-            provider_task_id,
-            submitted_at=submitted_at,
-            on_poll=self._watch(task.id, provider_task_id),
-        )
-        waited_s = time.monotonic() - waited_at
+        try:
+            result = await self.client.wait(
+                provider_task_id,
+                submitted_at=submitted_at,
+                on_poll=self._watch(task.id, provider_task_id),
+            )
+            waited_s = time.monotonic() - waited_at
+        finally:
+            if recording is not None:
+                await recording
         metrics.PROVIDER_SECONDS.labels("wait").observe(waited_s)
         return Generated(self._url_of(result), provider_s + waited_s)
 
