@@ -442,6 +442,33 @@ async def test_a_provider_slot_goes_back_once_the_image_is_generated_before_it_i
     assert (await bus.final(task_id))["event_type"] == "task.status.images_ready"
 
 
+async def test_the_poll_goes_out_while_the_provider_task_id_is_still_being_written(
+    bus: Bus, sim: RunningSimulator, db: Database
+) -> None:
+    # The submit's answer comes late, so the image row can be locked once the claim has
+    # marked the submit and before the answer's id is written.
+    sim.sim.configure({"latency_s": 0.0, "answer_delay_s": 0.5})
+    prompt = _prompt("poll beside the id's write")
+    task_id = await bus.create(prompt, image_count=1)
+    for _ in range(250):
+        if sim.sim.stats.submits_by_prompt.get(prompt) == 1:
+            break
+        await asyncio.sleep(0.02)
+    async with db.checkout() as conn, conn.transaction():
+        # Writing the provider task id writes the image row: locking it holds the write.
+        await conn.execute("SELECT FROM task_images WHERE task_id = $1 FOR UPDATE", task_id)
+        for _ in range(250):
+            if sim.sim.stats.queries:
+                break
+            await asyncio.sleep(0.02)
+        assert sim.sim.stats.queries >= 1, "the provider was asked before the id was written"
+        recorded = "SELECT provider_task_id FROM task_images WHERE task_id = $1"
+        assert await conn.fetchval(recorded, task_id) is None
+        assert bus.types(task_id)[-1] == "task.status.generating_images", "not stored yet"
+    assert (await bus.final(task_id))["event_type"] == "task.status.images_ready"
+    assert sim.sim.stats.submits_by_prompt[prompt] == sim.sim.stats.billed_by_prompt[prompt] == 1
+
+
 async def test_a_task_start_holds_back_no_submit_and_the_events_keep_their_order(
     bus: Bus, service: Wiring, sim: RunningSimulator, db: Database
 ) -> None:
