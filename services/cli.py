@@ -73,10 +73,9 @@ async def _serve(settings: Settings, roles: list[str], migrate: bool, demo: bool
             [service, asyncio.create_task(ready.wait())], return_when=asyncio.FIRST_COMPLETED
         )
         if ready.is_set():
-            from services.submit import new_task_id
+            from services.submit import task_created
 
-            prompt = "a cute cat wearing a tiny wizard hat"
-            body = {"task_id": new_task_id(), "user_id": "demo", "prompt": prompt, "image_count": 4}
+            body = task_created("a cute cat wearing a tiny wizard hat", "demo", 4)
             with contextlib.suppress(typer.Exit):  # a failed demo task still leaves a service
                 await _submit(settings, body, True, 120)
             console.print("[green]The service keeps running; press Ctrl+C to stop.[/green]")
@@ -220,10 +219,9 @@ def submit(
 ) -> None:
     """Publish a task.created event, as another service would."""
     from services import wire
-    from services.submit import new_task_id
+    from services.submit import task_created
 
-    task_id = task_id or new_task_id()
-    body = {"task_id": task_id, "user_id": user_id, "prompt": prompt, "image_count": image_count}
+    body = task_created(prompt, user_id, image_count, task_id)
     if metadata is not None:
         try:
             body["metadata"] = wire.loads(metadata.encode())

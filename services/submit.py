@@ -34,6 +34,18 @@ def new_task_id() -> str:
     return f"cli-{uuid.uuid4().hex[:16]}"
 
 
+def task_created(
+    prompt: str, user_id: str, image_count: int, task_id: str | None = None
+) -> dict[str, Any]:
+    """A ``task.created`` body, under a new id unless one is given."""
+    return {
+        "task_id": task_id or new_task_id(),
+        "user_id": user_id,
+        "prompt": prompt,
+        "image_count": image_count,
+    }
+
+
 @asynccontextmanager
 async def watching(
     settings: Settings,
