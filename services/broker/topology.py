@@ -18,7 +18,6 @@ from statemachine import ErrorKind, retry_delay_s
 from statemachine.retry import TIER_COUNT
 
 IMAGE_ROUTING_KEY = "image"
-RECENT_STATUS_LIMIT = 10_000
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,16 @@ class Topology:
         return f"{self.namespace}.dead"
 
     @property
-    def recent_status_queue(self) -> str:
-        """A bounded tail of status events, so every event is routable even with no
-        subscriber (a returned message then always means a broken topology)."""
+    def live_status_queue(self) -> str:
+        """Bound to every status event, so each is routable even with no subscriber (a
+        returned message then always means a broken topology). It keeps none: an event
+        reaches whoever consumes it at that moment and is otherwise dropped at once."""
+        return f"{self.namespace}.status.live"
+
+    @property
+    def former_status_queue(self) -> str:
+        """What ``live_status_queue`` replaced: a durable tail of 10,000 events, which cost
+        RabbitMQ a third of its CPU per image (docs/ARCHITECTURE.md)."""
         return f"{self.namespace}.status.recent"
 
     def retry_queue(self, kind: ErrorKind, tier: int) -> RetryQueue:
@@ -87,7 +93,7 @@ class Topology:
             self.images_queue,
             *(q.name for q in self.retry_queues),
             self.dead_queue,
-            self.recent_status_queue,
+            self.live_status_queue,
         ]
 
     @property
@@ -130,12 +136,12 @@ class Topology:
                 },
             )
         await channel.declare_queue(self.dead_queue, durable=True)
-        recent = await channel.declare_queue(
-            self.recent_status_queue,
-            durable=True,
-            arguments={"x-max-length": RECENT_STATUS_LIMIT, "x-overflow": "drop-head"},
+        # A TTL of 0 lets RabbitMQ drop an event nobody takes before storing it.
+        live = await channel.declare_queue(
+            self.live_status_queue, durable=True, arguments={"x-message-ttl": 0}
         )
-        await recent.bind(status, routing_key="#")
+        await live.bind(status, routing_key="#")
+        await channel.queue_delete(self.former_status_queue)
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove every queue and exchange of this namespace (tests clean up with it)."""

@@ -1,5 +1,5 @@
-"""The broker topology: the contract's names, the real TTLs by default, and retry tiers
-that dead-letter back to the work queue."""
+"""The broker topology: the contract's names, the real TTLs by default, retry tiers that
+dead-letter back to the work queue, and status events that are always routable."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiormq.exceptions import ChannelPreconditionFailed
 
-from services.broker.topology import IMAGE_ROUTING_KEY, Topology
+from services.broker.errors import TopologyMissing
+from services.broker.publisher import Publisher
+from services.broker.topology import IMAGE_ROUTING_KEY, Topology, queue_counts
+from services.db.rows import Outgoing
 from statemachine import ErrorKind
 
 
@@ -99,8 +102,6 @@ async def test_an_expired_retry_returns_to_the_images_queue(
 async def test_queue_counts_are_read_fresh_on_every_call(
     connection: AbstractRobustConnection, topology: Topology
 ) -> None:
-    from services.broker.topology import queue_counts
-
     channel = await connection.channel()
     await topology.declare(channel)
     assert (await queue_counts(channel, topology.dead_queue)).messages == 0
@@ -110,3 +111,54 @@ async def test_queue_counts_are_read_fresh_on_every_call(
             break
         await asyncio.sleep(0.02)
     assert (await queue_counts(channel, topology.dead_queue)).messages == 1
+
+
+def _status_event(topology: Topology, n: int) -> Outgoing:
+    return Outgoing(topology.status_exchange, "task.image.ready", {"n": n}, f"event-{n}")
+
+
+async def test_a_status_event_nobody_subscribes_to_is_confirmed_and_kept_nowhere(
+    connection: AbstractRobustConnection, topology: Topology
+) -> None:
+    await topology.declare(await connection.channel())
+    channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+
+    await Publisher(channel).publish(_status_event(topology, 1))  # a return would raise
+
+    assert (await queue_counts(channel, topology.live_status_queue)).messages == 0
+
+
+async def test_a_consumer_of_the_live_status_queue_sees_each_event_as_it_is_published(
+    connection: AbstractRobustConnection, topology: Topology
+) -> None:
+    await topology.declare(await connection.channel())
+    watching = await connection.channel()
+    seen: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        await seen.put(message.body)
+
+    live = await watching.get_queue(topology.live_status_queue)
+    await live.consume(on_message, no_ack=True)
+    publisher = Publisher(await connection.channel(publisher_confirms=True))
+    for n in range(3):
+        await publisher.publish(_status_event(topology, n))
+
+    bodies = [await asyncio.wait_for(seen.get(), 5) for _ in range(3)]
+    assert bodies == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
+
+
+async def test_declaring_removes_the_status_tail_queue_that_the_live_queue_replaced(
+    connection: AbstractRobustConnection, topology: Topology
+) -> None:
+    channel = await connection.channel()
+    former = topology.former_status_queue
+    await channel.declare_queue(
+        former, durable=True, arguments={"x-max-length": 10_000, "x-overflow": "drop-head"}
+    )
+    assert (await queue_counts(channel, former)).messages == 0
+
+    await topology.declare(channel)
+
+    with pytest.raises(TopologyMissing):
+        await queue_counts(await connection.channel(), former)
