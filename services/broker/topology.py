@@ -145,7 +145,7 @@ class Topology:
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove every queue and exchange of this namespace (tests clean up with it)."""
-        for queue in self.all_queues:
+        for queue in [*self.all_queues, self.former_status_queue]:
             await channel.queue_delete(queue)
         for exchange in self.all_exchanges:
             await channel.exchange_delete(exchange)
