@@ -259,6 +259,30 @@ def cancel(
 
 
 @app.command()
+def events(
+    task_id: Annotated[
+        str | None,
+        typer.Option(callback=_task_id, help="Only this task's events, up to its last."),
+    ] = None,
+    key: Annotated[
+        str, typer.Option(help="Which routing keys, as a binding pattern (task.status.*).")
+    ] = "#",
+    count: Annotated[int | None, typer.Option(min=1, help="Stop after this many.")] = None,
+) -> None:
+    """Print status events as they are published, one line each, until Ctrl+C."""
+
+    async def watch() -> None:
+        from services.submit import show_events, watching
+
+        async with watching(_settings(), key) as (_, queue):
+            console.print(Text(f"watching status events {key}"))
+            await show_events(queue, console, task_id, count)
+
+    with contextlib.suppress(KeyboardInterrupt):  # how a watch normally ends
+        _run(watch())
+
+
+@app.command()
 def status(task_id: str) -> None:
     """Show one task and its images."""
 

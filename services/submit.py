@@ -48,9 +48,9 @@ def task_created(
 
 @asynccontextmanager
 async def watching(
-    settings: Settings,
+    settings: Settings, key: str = "#"
 ) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, AbstractQueue]]:
-    """A private, self-deleting queue bound to every status event."""
+    """A private, self-deleting queue bound to the status events ``key`` matches."""
     topology = Topology(settings.namespace, settings.retry_ttl_scale)
     connection = await connect(settings.amqp_url, "imagegen-cli")
     try:
@@ -59,7 +59,7 @@ async def watching(
             topology.status_exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
         queue = await channel.declare_queue(exclusive=True, auto_delete=True)
-        await queue.bind(status, routing_key="#")
+        await queue.bind(status, routing_key=key)
         yield channel, queue
     finally:
         await connection.close()
@@ -151,13 +151,7 @@ async def follow(
             done = event.get("images_ready") or 0
             bar.update(images, completed=done, description=event["status"] or kind)
             if kind == "task.image.retrying":
-                retry = event["retry"]
-                bar.console.print(
-                    Text(
-                        f"image {retry['index']}: {retry['reason']}, "
-                        f"retry {retry['attempt']} in {retry['delay_s']} s"
-                    )
-                )
+                bar.console.print(Text(_retry_text(event["retry"])))
             final = event
     if final is None or final["event_type"] not in FINAL_EVENTS:
         return None
@@ -168,3 +162,52 @@ async def follow(
     if final.get("error"):
         console.print(Text(f"  error: {final['error']['message']}"))
     return status
+
+
+def _retry_text(retry: dict[str, Any]) -> str:
+    return (
+        f"image {retry.get('index')}: {retry.get('reason')}, "
+        f"retry {retry.get('attempt')} in {retry.get('delay_s')} s"
+    )
+
+
+def event_line(event: dict[str, Any]) -> Text:
+    """One event on one line: when, what, which task, its status and version, then its
+    progress and, for a retry or a failure, why. Text, never markup: a provider's message
+    may hold ``[/b]``."""
+    parts = [
+        str(event.get("occurred_at", "?")),
+        str(event.get("event_type", "?")),
+        str(event.get("task_id", "?")),
+        str(event.get("status") or "-"),
+        f"v{event.get('version')}",
+    ]
+    if event.get("image_count"):
+        parts.append(f"{event.get('images_ready') or 0}/{event['image_count']}")
+    retry, error = event.get("retry"), event.get("error")
+    if isinstance(retry, dict):
+        parts.append(_retry_text(retry))
+    if isinstance(error, dict):
+        parts.append(f"{error.get('code')}: {error.get('message')}")
+    return Text("  ".join(parts))
+
+
+async def show_events(
+    queue: AbstractQueue, console: Console, task_id: str | None, count: int | None
+) -> None:
+    """Print the events the queue receives as they come: those of ``task_id`` until its
+    last, when one is given, and at most ``count`` of them."""
+    shown = 0
+    async with queue.iterator() as messages:
+        async for message in messages:
+            async with message.process():
+                try:
+                    event = wire.loads(message.body)
+                except wire.BadJson:
+                    continue  # not one of the service's events: someone else publishes here
+            if not isinstance(event, dict) or task_id not in (None, event.get("task_id")):
+                continue
+            console.print(event_line(event), soft_wrap=True)
+            shown += 1
+            if shown == count or (task_id is not None and event.get("event_type") in FINAL_EVENTS):
+                return

@@ -22,22 +22,41 @@ from services.provider.simulator import RunningSimulator
 from services.runtime import Wiring
 from tests.e2e.conftest import Bus
 
+CLI = [sys.executable, "-c", "from services.cli import main; main()"]
 
-def imagegen(service: Wiring, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {
+
+def _env(service: Wiring) -> dict[str, str]:
+    return os.environ | {
         "IMAGEGEN_DATABASE_URL": service.settings.database_url,
         "IMAGEGEN_AMQP_URL": service.settings.amqp_url,
         "IMAGEGEN_NAMESPACE": service.settings.namespace,
         "IMAGEGEN_RETRY_TTL_SCALE": str(service.settings.retry_ttl_scale),
         "COLUMNS": "60",
     }
+
+
+def imagegen(service: Wiring, *args: str, **env_vars: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from services.cli import main; main()", *args],
-        env=env | env_vars,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [*CLI, *args], env=_env(service) | env_vars, capture_output=True, text=True, timeout=60
     )
+
+
+async def watch_events(service: Wiring, *args: str) -> asyncio.subprocess.Process:
+    """``imagegen events`` once its queue is bound: its first line says so."""
+    process = await asyncio.create_subprocess_exec(
+        *CLI, "events", *args, env=_env(service), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert process.stdout is not None
+    first = await asyncio.wait_for(process.stdout.readline(), 30)
+    assert first.startswith(b"watching status events"), first
+    return process
+
+
+async def shown_events(process: asyncio.subprocess.Process) -> list[list[str]]:
+    """The fields of each line the watch printed after its first, once it has ended."""
+    out, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    return [line.split("  ") for line in out.decode().splitlines()]
 
 
 async def test_status_shows_a_prompt_with_brackets_as_written_and_each_url_whole(
@@ -211,3 +230,42 @@ async def test_dead_shows_a_parked_task_created_with_its_reason(service: Wiring,
     assert shown.returncode == 0, shown.stderr
     row = next(line for line in shown.stdout.splitlines() if task_id in line)
     assert "task.created" in row and "prompt: must not be blank" in row
+
+
+async def test_events_of_a_task_are_shown_one_line_each_until_its_last(
+    service: Wiring, bus: Bus
+) -> None:
+    task_id = f"e2e-{uuid.uuid4().hex[:12]}"
+    watch = await watch_events(service, "--task-id", task_id)
+    await bus.create("a watched fox", image_count=2, task_id=task_id)
+
+    lines = sorted(await shown_events(watch), key=lambda fields: int(fields[4][1:]))
+    assert [(f[1], f[2], f[3], f[4], f[5]) for f in lines] == [
+        ("task.status.pending", task_id, "PENDING", "v1", "0/2"),
+        ("task.status.generating_images", task_id, "GENERATING_IMAGES", "v2", "0/2"),
+        ("task.image.ready", task_id, "GENERATING_IMAGES", "v3", "1/2"),
+        ("task.image.ready", task_id, "GENERATING_IMAGES", "v4", "2/2"),
+        ("task.status.images_ready", task_id, "IMAGES_READY", "v5", "2/2"),
+    ]
+
+
+async def test_events_bound_to_a_pattern_show_only_the_keys_it_matches(
+    service: Wiring, bus: Bus
+) -> None:
+    task_id = f"e2e-{uuid.uuid4().hex[:12]}"
+    watch = await watch_events(service, "--task-id", task_id, "--key", "task.status.*")
+    await bus.create("a watched owl", image_count=2, task_id=task_id)
+
+    kinds = sorted(fields[1] for fields in await shown_events(watch))
+    assert kinds == [
+        "task.status.generating_images",
+        "task.status.images_ready",
+        "task.status.pending",
+    ]
+
+
+async def test_events_stop_after_the_count_asked_for(service: Wiring, bus: Bus) -> None:
+    watch = await watch_events(service, "--count", "2")
+    await bus.create("a counted cat", image_count=1)
+
+    assert len(await shown_events(watch)) == 2
