@@ -180,7 +180,7 @@ def event_line(event: dict[str, Any]) -> Text:
         str(event.get("event_type", "?")),
         str(event.get("task_id", "?")),
         str(event.get("status") or "-"),
-        f"v{event.get('version')}",
+        "-" if event.get("version") is None else f"v{event['version']}",  # a rejection has none
     ]
     if event.get("image_count"):
         parts.append(f"{event.get('images_ready') or 0}/{event['image_count']}")

@@ -54,3 +54,16 @@ def test_an_event_line_of_a_retry_names_the_image_the_reason_and_the_delay() -> 
     assert event_line(event).plain.endswith(
         "GENERATING_IMAGES  v3  0/1  image 0: rate_limited, retry 1 in 30 s"
     )
+
+
+def test_an_event_line_of_a_rejected_request_shows_that_it_has_no_version() -> None:
+    event = {
+        "event_type": "task.rejected",
+        "task_id": "t-3",
+        "status": None,
+        "version": None,
+        "error": {"code": "invalid_request", "message": "prompt must not be blank"},
+    }
+    assert event_line(event).plain == (
+        "?  task.rejected  t-3  -  -  invalid_request: prompt must not be blank"
+    )
