@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractQueue, DeliveryMode
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, DeliveryMode
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.text import Text
@@ -94,6 +94,17 @@ async def publish_request(
         ) from None
 
 
+async def _event(message: AbstractIncomingMessage) -> dict[str, Any] | None:
+    """The event a message carries, the message acked; None when it carries no JSON object:
+    not one of the service's events, someone else publishes here."""
+    async with message.process():
+        try:
+            event = wire.loads(message.body)
+        except wire.BadJson:
+            return None
+    return event if isinstance(event, dict) else None
+
+
 async def events_of(
     queue: AbstractQueue, task_id: str, timeout_s: float, until: frozenset[str] = FINAL_EVENTS
 ) -> AsyncIterator[dict[str, Any]]:
@@ -107,12 +118,8 @@ async def events_of(
                 message = await asyncio.wait_for(anext(messages), deadline - clock())
             except TimeoutError:
                 return
-            async with message.process():
-                try:
-                    event = wire.loads(message.body)
-                except wire.BadJson:
-                    continue  # not one of the service's events: someone else publishes here
-            if not isinstance(event, dict) or event.get("task_id") != task_id:
+            event = await _event(message)
+            if event is None or event.get("task_id") != task_id:
                 continue
             deadline = clock() + timeout_s
             yield event
@@ -200,12 +207,8 @@ async def show_events(
     shown = 0
     async with queue.iterator() as messages:
         async for message in messages:
-            async with message.process():
-                try:
-                    event = wire.loads(message.body)
-                except wire.BadJson:
-                    continue  # not one of the service's events: someone else publishes here
-            if not isinstance(event, dict) or task_id not in (None, event.get("task_id")):
+            event = await _event(message)
+            if event is None or task_id not in (None, event.get("task_id")):
                 continue
             console.print(event_line(event), soft_wrap=True)
             shown += 1
