@@ -15,6 +15,7 @@ from aio_pika.abc import DeliveryMode
 from sqlalchemy.engine import make_url
 
 from services.aio import run
+from services.broker.connection import connect
 
 EVENT = "floor.image.ready"
 SCHEMA = """
@@ -39,7 +40,7 @@ async def main() -> None:
         await conn.execute("SELECT pg_advisory_lock(42)")
         await conn.execute(SCHEMA)
         await conn.execute("SELECT pg_advisory_unlock(42)")
-    connection = await aio_pika.connect_robust(os.environ["IMAGEGEN_AMQP_URL"])
+    connection = await connect(os.environ["IMAGEGEN_AMQP_URL"], "floor")
     consume = await connection.channel()
     await consume.set_qos(prefetch_count=64)
     publish = await connection.channel(publisher_confirms=True, on_return_raises=True)

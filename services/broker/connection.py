@@ -13,6 +13,7 @@ from aiormq.exceptions import (
 from yarl import URL
 
 from services.broker.errors import BrokerUnavailable
+from services.broker.frames import TurnTransport
 
 RECONNECT_INTERVAL_S = 1.0
 """How soon a lost broker connection is retried (aio-pika's default is 5 s)."""
@@ -29,6 +30,9 @@ async def connect(url: str, name: str) -> AbstractRobustConnection:
         client_properties={"connection_name": name},
         reconnect_interval=RECONNECT_INTERVAL_S,
     )
+    if where.scheme == "amqp":
+        # Read by aiormq at every (re)connection; aio-pika's own arguments do not pass it.
+        connection.kwargs["transport_factory"] = TurnTransport()
     try:
         await connection.connect()
     except BaseException as exc:
