@@ -40,6 +40,7 @@ async def main() -> None:
         await conn.execute("SELECT pg_advisory_lock(42)")
         await conn.execute(SCHEMA)
         await conn.execute("SELECT pg_advisory_unlock(42)")
+    # The service's own connection: both sides write the broker socket the same way.
     connection = await connect(os.environ["IMAGEGEN_AMQP_URL"], "floor")
     consume = await connection.channel()
     await consume.set_qos(prefetch_count=64)
