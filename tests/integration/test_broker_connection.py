@@ -17,6 +17,7 @@ from services.broker.frames import TurnWriter
 from services.broker.publisher import Publisher
 from services.config import Settings
 from tests.proxy import Proxy
+from tests.queues import take
 
 
 @pytest.fixture
@@ -43,16 +44,7 @@ async def _batch(connection: AbstractRobustConnection, queue: AbstractQueue, n: 
 
 
 async def _bodies(queue: AbstractQueue, n: int) -> list[bytes]:
-    got: list[bytes] = []
-    deadline = time.monotonic() + 10
-    while len(got) < n and time.monotonic() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.02)
-            continue
-        got.append(message.body)
-        await message.ack()
-    return got
+    return [message.body for message in await take(queue, n)]
 
 
 async def _queue(settings: Settings) -> tuple[AbstractRobustConnection, AbstractQueue]:

@@ -22,6 +22,7 @@ from services.db.migrate import upgrade
 from services.db.repository import Repository
 from services.db.rows import Outgoing
 from services.outbox.relay import Relay, outbox_database
+from tests.queues import take
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +62,10 @@ async def _add(repo: Repository, queue: str, n: int) -> set[str]:
 
 
 async def _received(queue: AbstractQueue, expected: int, seconds: float = 10) -> list[str]:
-    got: list[str] = []
-    deadline = time.monotonic() + seconds
-    while len(got) < expected and time.monotonic() < deadline:
-        message = await queue.get(fail=False)
-        if message is None:
-            await asyncio.sleep(0.02)
-            continue
+    messages = await take(queue, expected, seconds)
+    for message in messages:
         assert json.loads(message.body)["n"] == message.message_id
-        got.append(str(message.message_id))
-        await message.ack()
-    return got
+    return [str(message.message_id) for message in messages]
 
 
 async def _outbox_rows(repo: Repository, queue: str) -> int:
