@@ -15,9 +15,9 @@ import pytest
 
 from services.broker.errors import TopologyMissing
 from services.broker.topology import Topology
+from services.cli.producer import events_of, new_task_id, publish_request, watching
 from services.config import load_settings
 from services.runtime import Wiring
-from services.submit import events_of, new_task_id, publish_request, watching
 
 
 async def test_a_submitted_task_is_followed_from_its_first_event_to_its_final_one(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from services.cli import app
-from services.submit import event_line
+from services.cli.producer import event_line
 
 
 def test_an_out_of_range_simulator_knob_is_a_usage_error_naming_its_flag() -> None:
