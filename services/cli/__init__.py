@@ -12,6 +12,7 @@ from rich.markup import escape
 
 # isort: off
 from services.cli import serve, tasks, queues  # noqa: F401
+
 # isort: on
 from services.cli.common import app, console
 from services.errors import ImagegenError
