@@ -269,3 +269,31 @@ async def test_events_stop_after_the_count_asked_for(service: Wiring, bus: Bus) 
     await bus.create("a counted cat", image_count=1)
 
     assert len(await shown_events(watch)) == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "setting", "url", "reason"),
+    [
+        # Nothing listens on port 9 (discard) here: every connection attempt is refused.
+        (
+            ["status", "cli-task"],
+            "IMAGEGEN_DATABASE_URL",
+            "postgresql+asyncpg://postgres@127.0.0.1:9/imagegen",
+            "error: database unavailable",
+        ),
+        (
+            ["queue"],
+            "IMAGEGEN_AMQP_URL",
+            "amqp://guest:guest@127.0.0.1:9/",
+            "error: RabbitMQ at 127.0.0.1:9 cannot be reached",
+        ),
+    ],
+)
+def test_a_command_whose_server_is_away_exits_1_with_the_reason_and_no_traceback(
+    args: list[str], setting: str, url: str, reason: str
+) -> None:
+    env = os.environ | {setting: url, "COLUMNS": "300"}
+    shown = subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert reason in shown.stdout
+    assert "Traceback" not in shown.stdout + shown.stderr
