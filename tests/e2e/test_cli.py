@@ -3,7 +3,8 @@ task as it was written, whatever its prompt holds, with every image's URL whole 
 terminal; ``imagegen submit --wait`` and ``imagegen cancel`` tell by their exit codes how
 the task ended or the cancel was answered; ``imagegen dead`` shows what was parked and why;
 a JSON log stays JSON on every line, the libraries' lines included; a process that cannot
-serve its admin probe shuts down and says why."""
+serve its admin probe shuts down and says why, as a command whose database or broker is
+away does."""
 
 from __future__ import annotations
 
