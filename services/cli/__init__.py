@@ -6,15 +6,11 @@ the queues."""
 
 from __future__ import annotations
 
-import sys
-
-from rich.markup import escape
-
 # isort: off
 from services.cli import serve, tasks, queues  # noqa: F401
 
 # isort: on
-from services.cli.common import app, console
+from services.cli.common import app, fail
 from services.errors import ImagegenError
 
 __all__ = ["app", "main"]
@@ -24,5 +20,4 @@ def main() -> None:
     try:
         app()
     except ImagegenError as exc:
-        console.print(f"[red]error:[/red] {escape(str(exc))}")
-        sys.exit(1)
+        fail(str(exc))

@@ -36,5 +36,6 @@ def execute(coro: Coroutine[Any, Any, Any]) -> Any:
 
 
 def fail(message: str) -> NoReturn:
+    """One red line and exit code 1, inside a command or around the whole app."""
     console.print(f"[red]error:[/red] {escape(message)}")
-    raise typer.Exit(1) from None
+    raise SystemExit(1) from None
