@@ -18,6 +18,7 @@ from bench.harness import log
 from services.config import load_settings
 from services.provider.simulator import SimConfig, running_simulator
 from tests.chaos.harness import PROVIDER_CHAOS, PROVIDER_KEY, Chaos
+from tests.chaos.invariants import check
 from tests.services import DEFAULT_AMQP_URL, DEFAULT_DATABASE_URL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ async def main(minutes: float) -> dict[str, object]:
             sim.sim.configure({k: 0.0 for k in PROVIDER_CHAOS if k.startswith("p_")})
             log("settling")
             settled = await chaos.wait_settled(600)
-            problems = await chaos.check()
+            problems = await check(chaos)
             stats = sim.sim.stats
             figures: dict[str, object] = {
                 "minutes": round((time.monotonic() - started) / 60, 1),

@@ -1,6 +1,6 @@
 """Fault injection against the real service: separate processes (intake, relays, workers,
 admin) on their own database and namespace, the simulator in this process, a durable
-subscriber recording every status event. ``check()`` returns the broken invariants.
+subscriber recording every status event. ``invariants.check`` reads what a run broke.
 
 Shared by the CI-sized suite (tests/chaos) and the long run (bench/chaos.py).
 """
@@ -33,6 +33,7 @@ from services.db.engine import drop_database, ensure_database
 from services.db.migrate import upgrade
 from services.provider.simulator import RunningSimulator
 from services.provider.simulator.server import free_port
+from tests.chaos.poison import poison
 
 ROOT = Path(__file__).resolve().parents[2]
 PROVIDER_KEY = "sk-chaos-provider-key-5f1e9a"
@@ -293,46 +294,7 @@ class Chaos:
             self.counters.tasks += 1
 
     async def inject_poison(self) -> None:
-        big = "x" * (1024 * 1024)
-        conflict_id = next(iter(self.prompts), None)
-        poison: list[tuple[str, bytes | dict[str, Any]]] = [
-            ("task.created", b"{not json"),
-            ("task.created", b"\xff\xfe\x00garbage"),
-            ("task.created", {"task_id": ["x"], "user_id": 1, "prompt": None}),
-            ("task.created", {"task_id": "../../etc/passwd", "user_id": "u", "prompt": "p"}),
-            ("task.created", {"task_id": "x'; DROP TABLE tasks;--", "user_id": "u", "prompt": "p"}),
-            ("task.created", {"task_id": "nul-1", "user_id": "u", "prompt": "a\u0000b"}),
-            ("task.created", {"task_id": "ctl-1", "user_id": "u", "prompt": "bell\u0007"}),
-            ("task.created", {"task_id": "big-1", "user_id": "u", "prompt": big}),
-            ("task.created", b"[" + b"1," * (5 * 1024 * 1024) + b"1]"),
-            (
-                "task.created",
-                {
-                    "task_id": "meta-1",
-                    "user_id": "u",
-                    "prompt": "p",
-                    "metadata": {"blob": "y" * 5000},
-                },
-            ),
-            ("task.created", b'{"task_id": "nan-1", "user_id": "u", "prompt": "p", "n": NaN}'),
-            ("task.created", b'{"task_id": "sur-1", "user_id": "u", "prompt": "\\udc00"}'),
-            ("task.created", b'{"task_id": "dup-1", "task_id": "dup-2", "user_id": "u"}'),
-            ("task.created", b'{"metadata": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"),
-            ("task.mystery", {"task_id": "odd-1"}),
-            ("task.cancel", {"task_id": 5}),
-        ]
-        if conflict_id is not None:
-            poison.append(
-                (
-                    "task.created",
-                    {
-                        "task_id": conflict_id,
-                        "user_id": "someone-else",
-                        "prompt": "conflicting content",
-                    },
-                )
-            )
-        for routing_key, body in poison:
+        for routing_key, body in poison(conflict_id=next(iter(self.prompts), None)):
             self.poison_ids.add(await self.publish(routing_key, body))
             self.counters.poison += 1
 
@@ -342,7 +304,7 @@ class Chaos:
         self.produced.append(response.text)
         return response
 
-    async def _db(self) -> asyncpg.Connection:
+    async def connect_db(self) -> asyncpg.Connection:
         url = make_url(self.settings.database_url).set(drivername="postgresql")
         return await asyncpg.connect(url.render_as_string(hide_password=False))
 
@@ -351,7 +313,7 @@ class Chaos:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             try:
-                conn = await self._db()
+                conn = await self.connect_db()
                 try:
                     open_tasks = await conn.fetchval(
                         "SELECT count(*) FROM tasks WHERE status <> ALL($1::text[])", list(TERMINAL)
@@ -381,94 +343,6 @@ class Chaos:
             await message.ack()
         await channel.close()
         return found
-
-    async def check(self) -> list[str]:
-        """The invariants; each broken one is a line."""
-        problems: list[str] = []
-        conn = await self._db()
-        try:
-            rows = await conn.fetch(
-                "SELECT id, status, version, image_count, images_ready FROM tasks"
-            )
-            stored = dict(
-                await conn.fetch(
-                    "SELECT task_id, count(*) FROM task_images"
-                    " WHERE url IS NOT NULL GROUP BY task_id"
-                )
-            )
-            doubled = await conn.fetchval(
-                "SELECT count(*) FROM (SELECT task_id, index FROM task_images"
-                " WHERE url IS NOT NULL GROUP BY 1, 2 HAVING count(*) > 1) d"
-            )
-            outbox = await conn.fetchval("SELECT count(*) FROM outbox")
-            # Submits the service itself reports as possibly billed without a recorded
-            # answer (a kill between the provider's answer and the write).
-            in_doubt = dict(
-                await conn.fetch(
-                    "SELECT task_id, sum(unrecorded_submits"
-                    " + (submit_started_at IS NOT NULL)::int) FROM task_images GROUP BY task_id"
-                )
-            )
-        finally:
-            await conn.close()
-        tasks = {r["id"]: r for r in rows}
-        if missing := set(self.prompts) - set(tasks):
-            problems.append(f"{len(missing)} published tasks were never created")
-        if doubled:
-            problems.append(f"{doubled} images stored twice under one index")
-        if outbox:
-            problems.append(f"{outbox} outbox rows left unsent")
-        billed = self.sim.sim.stats.billed_by_prompt
-        for task_id, row in tasks.items():
-            status, count = row["status"], row["image_count"]
-            if status not in TERMINAL:
-                problems.append(f"{task_id} is still {status}")
-                continue
-            paid = billed.get(self.prompts.get(task_id, ""), 0)
-            # Every image billed beyond those asked must be one the service reported.
-            allowed = count + in_doubt.get(task_id, 0)
-            if status == "IMAGES_READY" and (stored.get(task_id, 0) != count or paid < count):
-                problems.append(
-                    f"{task_id}: {stored.get(task_id, 0)} stored, {paid} billed, {count} asked"
-                )
-            if paid > allowed:
-                problems.append(f"{task_id}: {paid} images billed for {count}, none reported")
-            self.counters.unrecorded += in_doubt.get(task_id, 0)
-            versions = {
-                e["version"] for e in self.events.get(task_id, []) if e["version"] is not None
-            }
-            if versions != set(range(1, row["version"] + 1)):
-                gaps = sorted(set(range(1, row["version"] + 1)) - versions)
-                problems.append(f"{task_id}: events miss versions {gaps[:5]} of {row['version']}")
-            last = [e for e in self.events.get(task_id, []) if e["version"] == row["version"]]
-            if last and last[0]["event_type"] != FINAL_EVENT[status]:
-                problems.append(
-                    f"{task_id}: last event {last[0]['event_type']} but status {status}"
-                )
-        dead = await self.dead_letters()
-        if set(dead) != self.poison_ids:
-            unexpected = {k: v for k, v in dead.items() if k not in self.poison_ids}
-            lost = self.poison_ids - set(dead)
-            if unexpected:
-                problems.append(f"unexpected dead letters: {list(unexpected.values())[:5]}")
-            if lost:
-                problems.append(f"{len(lost)} poison messages were not parked")
-        if crashed := [reason for reason in dead.values() if reason.startswith("internal error")]:
-            problems.append(f"poison parked as a handler's failure, not refused: {crashed[:5]}")
-        if leaks := self.secrets_leaked():
-            problems.append(f"secrets found in: {leaks}")
-        return problems
-
-    def secrets_leaked(self) -> list[str]:
-        places = []
-        for path in self.log_dir.glob("*.log"):
-            text = path.read_text(errors="replace")
-            if PROVIDER_KEY in text or ADMIN_TOKEN in text:
-                places.append(path.name)
-        for i, text in enumerate(self.produced):
-            if PROVIDER_KEY in text or ADMIN_TOKEN in text:
-                places.append(f"output #{i}")
-        return places
 
     async def stop_broker(self) -> None:
         """Returns once the broker has stopped: ``rabbitmqctl`` itself takes a second or

@@ -9,6 +9,7 @@ import signal
 import time
 
 from tests.chaos.harness import ADMIN_TOKEN, PROVIDER_CHAOS, Chaos
+from tests.chaos.invariants import check
 
 
 async def _hostile_http(chaos: Chaos) -> None:
@@ -49,7 +50,7 @@ async def test_killed_workers_and_provider_faults_lose_nothing_and_pay_nothing_t
     chaos.sim.sim.configure({k: 0.0 for k in PROVIDER_CHAOS if k.startswith("p_")})
 
     assert await chaos.wait_settled(180), "the run did not settle"
-    assert await chaos.check() == []
+    assert await check(chaos) == []
     assert chaos.counters.kills >= 6
 
 
@@ -69,7 +70,7 @@ async def test_a_rabbitmq_restart_mid_run_loses_nothing(chaos: Chaos) -> None:
 
     assert await chaos.wait_settled(180), "the run did not settle after the broker came back"
     assert (await chaos.http("GET", "/readyz")).status_code == 200
-    assert await chaos.check() == []
+    assert await check(chaos) == []
 
 
 async def test_a_postgresql_restart_mid_run_loses_nothing(chaos: Chaos) -> None:
@@ -83,7 +84,7 @@ async def test_a_postgresql_restart_mid_run_loses_nothing(chaos: Chaos) -> None:
     await chaos.create_tasks(10)
 
     assert await chaos.wait_settled(180), "the run did not settle after the database came back"
-    assert await chaos.check() == []
+    assert await check(chaos) == []
 
 
 async def test_sigterm_during_a_burst_loses_nothing_and_exits_within_the_grace_period(
@@ -103,4 +104,4 @@ async def test_sigterm_during_a_burst_loses_nothing_and_exits_within_the_grace_p
 
     chaos.restart("worker0")
     assert await chaos.wait_settled(120)
-    assert await chaos.check() == []
+    assert await check(chaos) == []

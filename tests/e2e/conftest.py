@@ -25,6 +25,11 @@ SIM_KEY = "sk-e2e-simulator-key"
 FINAL = ("task.status.images_ready", "task.status.failed", "task.status.cancelled")
 
 
+def unique(prompt: str) -> str:
+    """``prompt`` made unique, so the simulator's counts by prompt are the test's own."""
+    return f"{prompt} #{uuid.uuid4().hex[:8]}"
+
+
 @pytest.fixture(scope="session")
 async def sim() -> AsyncIterator[RunningSimulator]:
     async with running_simulator(SimConfig(api_key=SIM_KEY)) as running:

@@ -26,7 +26,7 @@ from services.provider.simulator import RunningSimulator
 from services.runtime import Role, Wiring, run
 from services.worker.reconciler import Reconciler
 from statemachine import TaskStatus
-from tests.e2e.conftest import SIM_KEY, Bus, start_bus, with_simulator
+from tests.e2e.conftest import SIM_KEY, Bus, start_bus, unique, with_simulator
 
 
 @dataclass
@@ -127,17 +127,13 @@ def workers_stopped(cluster: Cluster) -> Iterator[None]:
     cluster.stop_workers()
 
 
-def _prompt(text: str) -> str:
-    return f"{text} #{uuid.uuid4().hex[:8]}"
-
-
 async def test_two_worker_processes_never_exceed_the_global_limit(
     cluster: Cluster, sim: RunningSimulator, workers_stopped: None
 ) -> None:
     sim.sim.configure({"latency_s": 0.3})
     await cluster.start_worker()
     await cluster.start_worker()
-    prompt = _prompt("concurrency")
+    prompt = unique("concurrency")
     tasks = [await cluster.bus.create(prompt) for _ in range(3)]
     for task_id in tasks:
         assert (await cluster.bus.final(task_id, timeout=60))["status"] == "IMAGES_READY"
@@ -152,7 +148,7 @@ async def test_a_worker_killed_between_submit_and_store_costs_no_second_submit(
 ) -> None:
     sim.sim.configure({"latency_s": 2.0})
     victim = await cluster.start_worker()
-    prompt = _prompt("crash")
+    prompt = unique("crash")
     task_id = await cluster.bus.create(prompt, image_count=1)
     repo: Repository = cluster.wired.repo
     for _ in range(200):
@@ -182,7 +178,7 @@ async def test_a_worker_killed_before_the_submit_answer_is_recorded_reports_the_
     # The provider has the task (and will bill it) while its answer is still on the way.
     sim.sim.configure({"latency_s": 0.0, "answer_delay_s": 3.0})
     victim = await cluster.start_worker()
-    prompt = _prompt("unrecorded")
+    prompt = unique("unrecorded")
     task_id = await cluster.bus.create(prompt, image_count=1)
     for _ in range(200):
         if sim.sim.stats.submits_by_prompt[prompt]:
@@ -209,7 +205,7 @@ async def test_a_worker_killed_before_the_submit_answer_is_recorded_reports_the_
 async def test_purged_image_messages_are_dispatched_again_by_the_reconciler(
     cluster: Cluster, sim: RunningSimulator, workers_stopped: None
 ) -> None:
-    prompt = _prompt("purged")
+    prompt = unique("purged")
     task_id = await cluster.bus.create(prompt, image_count=2)
     await cluster.bus.wait_for(task_id, "task.status.pending")
     channel = await cluster.wired.connection.channel()
@@ -269,7 +265,7 @@ async def test_an_image_parked_for_an_internal_error_is_sent_again_and_finishes_
         )
     try:
         await cluster.start_worker()
-        prompt = _prompt("refused store")
+        prompt = unique("refused store")
         await cluster.bus.create(prompt, image_count=1, task_id=task_id)
         reconciler = Reconciler(
             repo, cluster.wired.events, cluster.settings.namespace, 1, stale_after_s=0.01
@@ -302,7 +298,7 @@ async def test_two_workers_together_keep_the_configured_submit_pace(
     pace = {"IMAGEGEN_PROVIDER_SUBMIT_RATE_PER_S": "4"}
     await cluster.start_worker(**pace)
     await cluster.start_worker(**pace)
-    prompt = _prompt("paced")
+    prompt = unique("paced")
     started = asyncio.get_running_loop().time()
     tasks = [await cluster.bus.create(prompt) for _ in range(3)]
     for task_id in tasks:

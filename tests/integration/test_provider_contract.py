@@ -1,59 +1,26 @@
 """The DashScope client against the simulator over real HTTP: every documented error row,
-every task status, the exact request shape, and timeouts."""
+every task status, the exact request shape, throttling and its Retry-After."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
 
 from services.provider.dashscope import DashScopeClient, ProviderTaskStatus
-from services.provider.errors import (
-    ProviderConnectError,
-    ProviderHTTPError,
-    ProviderTimeout,
-    ProviderTransportError,
-)
-from services.provider.simulator import RunningSimulator, SimConfig, running_simulator
-from services.provider.simulator.server import free_port
-from tests.proxy import Proxy
+from services.provider.errors import ProviderHTTPError, ProviderTransportError
+from services.provider.simulator import RunningSimulator
+from tests.integration.conftest import KEY, dashscope
 from tests.unit.test_retry_policy import PROVIDER_TABLE
-
-KEY = "sk-contract-test-key"
-
-
-@pytest.fixture(scope="module")
-async def simulator() -> AsyncIterator[RunningSimulator]:
-    async with running_simulator(SimConfig(api_key=KEY)) as running:
-        yield running
-
-
-@pytest.fixture
-async def sim(simulator: RunningSimulator) -> RunningSimulator:
-    simulator.sim.config = SimConfig(api_key=KEY)
-    simulator.sim.reset()
-    return simulator
-
-
-def _client(sim: RunningSimulator, **kw: Any) -> DashScopeClient:
-    options: dict[str, Any] = {"poll_schedule_scale": 0.01, "read_timeout_s": 5.0}
-    options.update(kw)
-    return DashScopeClient(
-        sim.base_url, SecretStr(options.pop("key", KEY)), "wanx2.1-t2i-turbo", **options
-    )
 
 
 @pytest.fixture
 async def client(sim: RunningSimulator) -> AsyncIterator[DashScopeClient]:
-    c = _client(sim)
+    c = dashscope(sim)
     yield c
     await c.aclose()
 
@@ -71,103 +38,6 @@ async def test_a_submitted_task_succeeds_with_a_real_png_and_is_billed_once(
     assert image.startswith(b"\x89PNG\r\n\x1a\n")
     stats = sim.sim.stats.as_dict()
     assert (stats["submits"], stats["billed_images"]) == (1, 1)
-
-
-@asynccontextmanager
-async def _recording_server(response: bytes) -> AsyncIterator[tuple[int, list[bytes]]]:
-    """A local HTTP server that records each request's head and answers ``response``."""
-    heads: list[bytes] = []
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        heads.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(response)
-        await writer.drain()
-        writer.close()
-
-    port = free_port()
-    server = await asyncio.start_server(answer, "127.0.0.1", port)
-    try:
-        yield port, heads
-    finally:
-        server.close()
-
-
-async def test_the_key_goes_to_the_api_but_never_to_a_result_url() -> None:
-    body = b'{"output": {"task_id": "t-1", "task_status": "PENDING"}}'
-    response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-    response += b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-    async with _recording_server(response) as (port, seen):
-        c = DashScopeClient(f"http://127.0.0.1:{port}/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
-        try:
-            await c.submit("a cat")
-            await c.download(f"http://127.0.0.1:{port}/result.png?Expires=1")
-        finally:
-            await c.aclose()
-    submit, download = (head.decode().lower() for head in seen)
-    assert submit.startswith("post /api/v1/services/aigc/text2image/image-synthesis ")
-    assert f"authorization: bearer {KEY}".lower() in submit
-    assert download.startswith("get /result.png?expires=1 ")
-    assert "authorization" not in download and KEY.lower() not in download
-
-
-@pytest.fixture
-async def env_proxy(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[list[bytes]]:
-    """A proxy named by HTTP_PROXY that records each request's head and answers 503."""
-    response = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"
-    async with _recording_server(response) as (port, heads):
-        for name in ("http_proxy", "HTTP_PROXY"):
-            monkeypatch.setenv(name, f"http://127.0.0.1:{port}")
-        for name in ("no_proxy", "NO_PROXY"):
-            monkeypatch.delenv(name, raising=False)
-        yield heads
-
-
-async def test_the_provider_is_reached_through_the_proxy_the_environment_names(
-    env_proxy: list[bytes],
-) -> None:
-    c = DashScopeClient("http://dashscope.invalid/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
-    try:
-        with pytest.raises(ProviderHTTPError) as failed:
-            await c.submit("a cat")
-    finally:
-        await c.aclose()
-    assert failed.value.status == 503
-    assert [head.split(b"\r\n")[0] for head in env_proxy] == [
-        b"POST http://dashscope.invalid/api/v1/services/aigc/text2image/image-synthesis HTTP/1.1"
-    ]
-
-
-async def test_credentials_in_the_proxy_url_go_to_the_proxy_never_to_the_provider(
-    env_proxy: list[bytes], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    port = os.environ["HTTP_PROXY"].rsplit(":", 1)[1]
-    monkeypatch.setenv("HTTP_PROXY", f"http://relay:s3cret@127.0.0.1:{port}")
-    monkeypatch.setenv("http_proxy", f"http://relay:s3cret@127.0.0.1:{port}")
-    c = DashScopeClient("http://dashscope.invalid/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo")
-    try:
-        with pytest.raises(ProviderHTTPError):
-            await c.submit("a cat")
-    finally:
-        await c.aclose()
-    [head] = env_proxy
-    credentials = base64.b64encode(b"relay:s3cret").decode()
-    seen = head.decode().lower()
-    assert f"proxy-authorization: basic {credentials}".lower() in seen
-    assert f"\r\nauthorization: bearer {KEY}".lower() in seen
-    assert head.startswith(b"POST http://dashscope.invalid/api/v1/")
-
-
-async def test_a_provider_host_named_in_no_proxy_is_reached_directly(
-    env_proxy: list[bytes], sim: RunningSimulator, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
-    c = _client(sim)
-    try:
-        done = await c.wait((await c.submit("a cat")).task_id)
-    finally:
-        await c.aclose()
-    assert done.status is ProviderTaskStatus.SUCCEEDED
-    assert env_proxy == []
 
 
 async def test_two_images_of_one_prompt_have_different_bytes(client: DashScopeClient) -> None:
@@ -281,7 +151,7 @@ async def test_markers_can_target_chosen_submits_of_a_prompt(client: DashScopeCl
 
 
 async def test_a_wrong_key_is_refused_and_never_shown(sim: RunningSimulator) -> None:
-    bad = _client(sim, key="sk-wrong-key-123")
+    bad = dashscope(sim, key="sk-wrong-key-123")
     try:
         with pytest.raises(ProviderHTTPError) as raised:
             await bad.submit("x")
@@ -415,58 +285,6 @@ async def test_the_rate_limit_answers_429_throttling_rate_quota(
         await client.submit("c")
     assert (raised.value.status, raised.value.code) == (429, "Throttling.RateQuota")
     assert sim.sim.stats.throttled == 1
-
-
-async def test_a_hanging_submit_ends_in_an_ambiguous_timeout_within_the_configured_time(
-    sim: RunningSimulator,
-) -> None:
-    sim.sim.configure({"hang_s": 30})
-    slow = _client(sim, read_timeout_s=0.3)
-    started = time.monotonic()
-    try:
-        with pytest.raises(ProviderTimeout) as raised:
-            await slow.submit("x [sim:hang]")
-    finally:
-        await slow.aclose()
-    assert time.monotonic() - started < 2
-    assert raised.value.ambiguous, "the submit may have been billed"
-
-
-async def test_a_connection_lost_after_the_submit_went_out_is_ambiguous(
-    sim: RunningSimulator,
-) -> None:
-    sim.sim.configure({"hang_s": 30})
-    host, port = httpx.URL(sim.base_url).host, httpx.URL(sim.base_url).port
-    assert port is not None
-    proxy = Proxy(host, port)
-    await proxy.start()
-    through = sim.base_url.replace(f":{port}/", f":{proxy.port}/")
-    cut = DashScopeClient(through, SecretStr(KEY), "wanx2.1-t2i-turbo", read_timeout_s=5.0)
-    try:
-        submit = asyncio.create_task(cut.submit("x [sim:hang]"))
-        for _ in range(500):  # until the request has reached the provider
-            if sim.sim.stats.submits:
-                break
-            await asyncio.sleep(0.01)
-        assert sim.sim.stats.submits == 1
-        await proxy.stop()
-        with pytest.raises(ProviderTransportError) as raised:
-            await submit
-    finally:
-        await cut.aclose()
-    assert raised.value.ambiguous, "the provider got the submit and may have billed it"
-
-
-async def test_an_unreachable_provider_is_a_connect_error_that_provably_sent_nothing() -> None:
-    client = DashScopeClient(
-        f"http://127.0.0.1:{free_port()}/api/v1", SecretStr(KEY), "wanx2.1-t2i-turbo"
-    )
-    try:
-        with pytest.raises(ProviderConnectError) as raised:
-            await client.submit("x")
-    finally:
-        await client.aclose()
-    assert not raised.value.ambiguous
 
 
 async def test_polling_waits_out_server_errors(

@@ -1,36 +1,18 @@
 """Global provider slots on real PostgreSQL: never more holders than slots across
-processes (each process has its own keeper session), one holder per image, and nothing
-left locked afterwards."""
+processes (each process has its own keeper session), one holder per image, tries and
+releases sent together, and nothing left locked afterwards."""
 
 from __future__ import annotations
 
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 
 from services.db.engine import Database
-from services.db.errors import DatabaseUnavailable, RepositoryError
 from services.db.locks import Claim, ProviderSlots
-from services.db.repository import Repository
-from services.db.rows import ImageRow, NewTask, TaskRow, planned
-from statemachine import TaskStatus, Trigger
-
-
-@pytest.fixture
-async def dbs(database: str) -> AsyncIterator[list[Database]]:
-    dbs = [Database(database, size=2, overflow=2) for _ in range(2)]
-    yield dbs
-    for db in dbs:
-        await db.close()
-
-
-def _slots(db: Database, size: int) -> ProviderSlots:
-    """A keeper of ``size`` slots in a namespace of its own."""
-    return ProviderSlots(db, f"slots-{uuid.uuid4().hex[:8]}", size=size)
+from tests.slots import keeper
 
 
 async def test_two_keepers_never_hold_more_slots_than_the_limit(dbs: list[Database]) -> None:
@@ -117,7 +99,7 @@ async def _hold_and_store(db: Database, slots: ProviderSlots, image_id: int) -> 
 async def test_a_stored_images_lock_goes_back_with_the_next_keeper_call(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 2)
+    slots = keeper(dbs[0], 2)
     await _hold_and_store(dbs[1], slots, 500)
     assert slots._keeper is not None
     sent: list[list[int]] = []
@@ -134,7 +116,7 @@ async def test_a_stored_images_lock_goes_back_with_the_next_keeper_call(
 async def test_a_stored_images_lock_goes_back_alone_when_no_other_call_comes(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 2)
+    slots = keeper(dbs[0], 2)
     await _hold_and_store(dbs[1], slots, 510)
     assert await _until_locks(dbs[1], slots, (0, 0)), "but not for long"
     await slots.close()
@@ -143,7 +125,7 @@ async def test_a_stored_images_lock_goes_back_alone_when_no_other_call_comes(
 async def test_an_image_not_stored_gives_its_lock_back_as_its_hold_ends(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 2)
+    slots = keeper(dbs[0], 2)
     async with slots.hold(520) as held:
         assert held
         slots.free_slot(520)  # as after a provider failure: the image goes to a retry
@@ -191,7 +173,7 @@ async def _locks_held(db: Database, slots: ProviderSlots) -> tuple[int, int]:
 
 
 async def test_each_acquire_takes_exactly_one_slot_lock(dbs: list[Database]) -> None:
-    slots = _slots(dbs[0], 3)
+    slots = keeper(dbs[0], 3)
     holds = [slots.hold(100 + i) for i in range(3)]
     for hold in holds:
         assert await hold.__aenter__()
@@ -206,7 +188,7 @@ async def test_each_acquire_takes_exactly_one_slot_lock(dbs: list[Database]) -> 
 async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 2)
+    slots = keeper(dbs[0], 2)
     await slots.connect()
 
     async def hold() -> None:
@@ -233,7 +215,7 @@ async def test_a_holder_cancelled_before_its_slot_came_leaves_no_lock_behind(
 async def test_slots_freed_and_wanted_at_the_same_time_change_hands(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 4)
+    slots = keeper(dbs[0], 4)
     first = [slots.hold(i) for i in range(4)]
     for hold in first:
         assert await hold.__aenter__()
@@ -269,14 +251,14 @@ async def test_a_running_count_is_reused_only_while_younger_than_the_age_asked_f
 async def test_releases_queued_behind_another_go_out_together_and_free_every_lock(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 6)
+    slots = keeper(dbs[0], 6)
     holds = [slots.hold(200 + i) for i in range(6)]
     for hold in holds:
         assert await hold.__aenter__()
-    keeper = slots._keeper
-    assert keeper is not None
+    session = slots._keeper
+    assert session is not None
     sent: list[str] = []
-    keeper.add_query_logger(lambda query: sent.append(query.query))
+    session.add_query_logger(lambda query: sent.append(query.query))
     await asyncio.gather(*(hold.__aexit__(None, None, None) for hold in holds))
     # The first release goes alone; the five that queued behind it share one statement.
     assert len(sent) == 2, sent
@@ -305,7 +287,7 @@ async def _tries_sent(slots: ProviderSlots) -> list[list[int]]:
 async def test_tries_made_in_one_turn_of_the_loop_go_out_in_one_call(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 4)
+    slots = keeper(dbs[0], 4)
     sent = await _tries_sent(slots)
     holds = [slots.hold(350 + i) for i in range(3)]
     entered = await asyncio.gather(*(hold.__aenter__() for hold in holds))
@@ -321,7 +303,7 @@ async def test_tries_made_in_one_turn_of_the_loop_go_out_in_one_call(
 async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_each(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 4)
+    slots = keeper(dbs[0], 4)
     sent = await _tries_sent(slots)
     holds = [slots.hold(300 + i) for i in range(6)]
     first = asyncio.create_task(asyncio.wait_for(holds[0].__aenter__(), 0.3))
@@ -347,7 +329,7 @@ async def test_tries_queued_behind_another_go_out_together_and_take_one_slot_eac
 async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
     dbs: list[Database],
 ) -> None:
-    slots = _slots(dbs[0], 4)
+    slots = keeper(dbs[0], 4)
     await slots.connect()
     holds = [slots.hold(400 + i) for i in range(3)]
     tasks = [asyncio.create_task(holds[0].__aenter__())]
@@ -373,160 +355,4 @@ async def test_a_holder_cancelled_after_another_try_took_its_slot_gives_it_back(
     assert await _locks_held(dbs[1], slots) == (2, 2), "image 402 was given back"
     for hold in holds[:2]:
         await hold.__aexit__(None, None, None)
-    await slots.close()
-
-
-async def _task(db: Database, image_count: int = 2) -> tuple[TaskRow, list[ImageRow]]:
-    repo = Repository(db)
-    new = NewTask(f"t-{uuid.uuid4().hex[:12]}", "u-1", "a cat", image_count=image_count)
-    ids = await repo.image_ids(image_count)
-    async with repo.autocommit() as tx:
-        inserted = await tx.insert_task(new, lambda task, images: [], ids)
-    assert inserted is not None
-    return inserted
-
-
-async def _marks(db: Database, task_id: str) -> list[tuple[bool, int]]:
-    async with db.checkout() as conn:
-        rows = await conn.fetch(
-            "SELECT submit_started_at IS NOT NULL, unrecorded_submits FROM task_images"
-            ' WHERE task_id = $1 ORDER BY "index"',
-            task_id,
-        )
-    return [(r[0], r[1]) for r in rows]
-
-
-async def test_winning_a_live_image_marks_its_submit_and_reads_the_rows_as_they_were(
-    dbs: list[Database],
-) -> None:
-    task, images = await _task(dbs[0])
-    slots = _slots(dbs[0], 2)
-    first = images[0]
-    async with slots.hold(first.id, (task.id, first.dispatch)) as claim:
-        assert claim is not None
-        assert claim.task is not None and claim.task.id == task.id
-        assert [i.id for i in claim.images] == [i.id for i in images]
-        assert claim.images[0].submit_started_at is None, "as it was before the mark"
-        assert await _marks(dbs[1], task.id) == [(True, 0), (False, 0)]
-    async with slots.hold(first.id, (task.id, first.dispatch)) as again:
-        assert again is not None and again.images[0].submit_started_at is not None
-    assert await _marks(dbs[1], task.id) == [(True, 1), (False, 0)], (
-        "a mark found still there counts as an unrecorded submit"
-    )
-    await slots.close()
-
-
-async def test_an_image_that_will_not_be_submitted_is_held_and_read_without_a_mark(
-    dbs: list[Database],
-) -> None:
-    task, (stale, polled, stored) = await _task(dbs[0], image_count=3)
-    slots = _slots(dbs[0], 3)
-    await slots.record_provider_task(polled.id, "provider-task-1")
-    async with Repository(dbs[0]).autocommit() as tx:
-        current = await tx.transition(task, Trigger.START)
-        assert current is not None
-        after = planned(current, Trigger.STORE_IMAGE, stored_now=1)
-        assert (await tx.write(current, after, [], store=replace(stored, url="https://img/2")))[0]
-    for image, dispatch in (
-        (stale, stale.dispatch + 1),
-        (polled, polled.dispatch),
-        (stored, stored.dispatch),
-    ):
-        async with slots.hold(image.id, (task.id, dispatch)) as claim:
-            assert claim is not None and claim.task is not None
-    assert await _marks(dbs[1], task.id) == [(False, 0)] * 3
-    await slots.close()
-
-
-async def test_an_image_of_an_ended_task_is_held_and_read_without_a_mark(
-    dbs: list[Database],
-) -> None:
-    task, images = await _task(dbs[0])
-    async with Repository(dbs[0]).autocommit() as tx:
-        assert await tx.transition(task, Trigger.CANCEL) is not None
-    slots = _slots(dbs[0], 2)
-    async with slots.hold(images[0].id, (task.id, images[0].dispatch)) as claim:
-        assert claim is not None and claim.task is not None
-        assert claim.task.status is TaskStatus.CANCELLED
-    assert await _marks(dbs[1], task.id) == [(False, 0)] * 2
-    await slots.close()
-
-
-async def test_a_try_that_finds_no_free_slot_marks_nothing(dbs: list[Database]) -> None:
-    task, (first, second) = await _task(dbs[0])
-    slots = _slots(dbs[0], 1)
-    async with slots.hold(first.id, (task.id, first.dispatch)):
-        waiting = slots.hold(second.id, (task.id, second.dispatch))
-        with pytest.raises(TimeoutError):
-            await asyncio.wait_for(waiting.__aenter__(), 0.2)
-        assert await _marks(dbs[1], task.id) == [(True, 0), (False, 0)]
-    async with slots.hold(second.id, (task.id, second.dispatch)) as claim:
-        assert claim is not None and claim.images[1].submit_started_at is None
-    assert await _marks(dbs[1], task.id) == [(True, 0), (True, 0)]
-    await slots.close()
-
-
-async def _provider_task(db: Database, image_id: int) -> tuple[str | None, int, bool]:
-    async with db.checkout() as conn:
-        row = await conn.fetchrow(
-            "SELECT provider_task_id, submits, submit_started_at IS NOT NULL FROM task_images"
-            " WHERE id = $1",
-            image_id,
-        )
-    assert row is not None
-    return row[0], row[1], row[2]
-
-
-async def test_a_recorded_provider_task_counts_as_a_submit_and_clears_its_mark(
-    dbs: list[Database],
-) -> None:
-    task, images = await _task(dbs[0], image_count=1)
-    slots = _slots(dbs[0], 1)
-    async with slots.hold(images[0].id, (task.id, images[0].dispatch)):
-        assert await _provider_task(dbs[1], images[0].id) == (None, 0, True)
-        await slots.record_provider_task(images[0].id, "provider-task-1")
-        assert await _provider_task(dbs[1], images[0].id) == ("provider-task-1", 1, False)
-    await slots.close()
-
-
-async def test_provider_task_ids_queued_behind_another_call_go_out_together(
-    dbs: list[Database],
-) -> None:
-    _, images = await _task(dbs[0], image_count=4)
-    slots = _slots(dbs[0], 4)
-    await slots.connect()
-    assert slots._keeper is not None
-    sent: list[str] = []
-    slots._keeper.add_query_logger(lambda query: sent.append(query.query))
-    await asyncio.gather(*(slots.record_provider_task(i.id, f"p-{i.index}") for i in images))
-    assert len(sent) == 2, "the first alone, the three queued behind it in one statement"
-    found = [await _provider_task(dbs[1], i.id) for i in images]
-    assert found == [(f"p-{i}", 1, False) for i in range(4)]
-    await slots.close()
-
-
-async def test_a_provider_task_id_is_recorded_on_a_new_keeper_after_the_old_one_died(
-    dbs: list[Database],
-) -> None:
-    _, images = await _task(dbs[0], image_count=1)
-    slots = _slots(dbs[0], 1)
-    await slots.connect()
-    assert slots._keeper is not None
-    slots._keeper.terminate()
-    await slots.record_provider_task(images[0].id, "provider-task-1")
-    assert await _provider_task(dbs[1], images[0].id) == ("provider-task-1", 1, False)
-    assert not slots._records
-    await slots.close()
-
-
-async def test_a_provider_task_id_the_database_refuses_is_an_error_not_a_retry(
-    dbs: list[Database],
-) -> None:
-    _, images = await _task(dbs[0], image_count=1)
-    slots = _slots(dbs[0], 1)
-    with pytest.raises(RepositoryError) as raised:
-        await slots.record_provider_task(images[0].id, "x" * 200)
-    assert not isinstance(raised.value, DatabaseUnavailable), "retrying cannot help"
-    await slots.record_provider_task(images[0].id, "provider-task-1")
-    assert await _provider_task(dbs[1], images[0].id) == ("provider-task-1", 1, False)
     await slots.close()
