@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from pydantic import SecretStr
 
 from services.config import Settings
 from services.db.engine import Database
+from services.db.locks import ProviderSlots
 from services.provider.dashscope import DashScopeClient
 from services.provider.simulator import RunningSimulator, SimConfig, running_simulator
 
@@ -34,6 +36,11 @@ async def dbs(database: str) -> AsyncIterator[list[Database]]:
     yield dbs
     for db in dbs:
         await db.close()
+
+
+def keeper(db: Database, size: int) -> ProviderSlots:
+    """A keeper of ``size`` slots in a namespace of its own, so no two tests share a limit."""
+    return ProviderSlots(db, f"slots-{uuid.uuid4().hex[:8]}", size=size)
 
 
 @pytest.fixture(scope="module")

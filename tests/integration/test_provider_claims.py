@@ -15,7 +15,7 @@ from services.db.errors import DatabaseUnavailable, RepositoryError
 from services.db.repository import Repository
 from services.db.rows import ImageRow, NewTask, TaskRow, planned
 from statemachine import TaskStatus, Trigger
-from tests.slots import keeper
+from tests.integration.conftest import keeper
 
 
 async def _task(db: Database, image_count: int = 2) -> tuple[TaskRow, list[ImageRow]]:

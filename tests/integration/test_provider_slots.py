@@ -12,7 +12,7 @@ import pytest
 
 from services.db.engine import Database
 from services.db.locks import Claim, ProviderSlots
-from tests.slots import keeper
+from tests.integration.conftest import keeper
 
 
 async def test_two_keepers_never_hold_more_slots_than_the_limit(dbs: list[Database]) -> None:
